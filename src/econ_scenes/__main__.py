@@ -1,0 +1,3 @@
+from econ_scenes.cli import main
+
+main()

@@ -1,0 +1,195 @@
+"""Configuration as frozen dataclasses, and the named presets of the paper (Appendix C.3, C.4).
+
+A run directory stores the resolved :class:`RunConfig` as ``config.json``; every command rebuilds
+the model from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from econ_scenes.errors import EconError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and objective of an ECON ensemble.
+
+    Attributes follow the paper: K experts (``n_experts``), T inference steps (``n_steps``),
+    latent dimension L, σ_x of the Gaussian likelihood (5), β and γ of objective (13) and the
+    competition weight λ of section 5.2.
+    """
+
+    image_size: int = 64
+    n_experts: int = 4
+    n_steps: int = 4
+    latent_dim: int = 2
+    vae_layers: int = 4
+    vae_features: int = 32
+    unet_channels: tuple[int, ...] = (32, 64, 64, 64)
+    unet_mlp_hidden: int = 128
+    sigma_x: float = 0.1
+    beta: float = 9.54
+    gamma: float = 0.52
+    # Competition (section 5.2): P(k) ∝ exp(-score_k / temperature), with
+    # score_k = (λ Σ L_x + Σ L_r + scope_cost Σ s(1 - r̃_k)) / D  (per-pixel mean over the image).
+    competition_lambda: float = 1.0
+    competition_temperature: float = 0.3
+    competition_scope_cost: float = 3.0
+    attention_bias: float = -3.0
+
+    def validate(self) -> None:
+        if self.n_experts < 1:
+            raise EconError(f"n_experts (K) must be >= 1, got {self.n_experts}")
+        if self.n_steps < 1:
+            raise EconError(f"n_steps (T) must be >= 1, got {self.n_steps}")
+        if self.latent_dim < 1:
+            raise EconError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        if self.vae_layers < 1 or self.vae_features < 1:
+            raise EconError("vae_layers and vae_features must be >= 1")
+        if len(self.unet_channels) < 1 or min(self.unet_channels) < 1:
+            raise EconError(f"unet_channels must be positive, got {self.unet_channels}")
+        levels = len(self.unet_channels)
+        if self.image_size < 8 or self.image_size % (2**levels):
+            raise EconError(
+                f"image_size {self.image_size} must be >= 8 and divisible by 2**{levels} "
+                f"(the attention U-Net halves the resolution {levels} times)"
+            )
+        if self.image_size < 2**self.vae_layers:
+            raise EconError(
+                f"image_size {self.image_size} too small for {self.vae_layers} encoder blocks "
+                f"(each halves the resolution)"
+            )
+        for name in ("sigma_x", "competition_temperature"):
+            if not getattr(self, name) > 0:
+                raise EconError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("beta", "gamma", "competition_lambda", "competition_scope_cost"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise EconError(f"{name} must be a finite number >= 0, got {value}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation schedule of Appendix C.3 plus budgets for short runs."""
+
+    batch_size: int = 32
+    lr: float = 5e-4
+    eval_every: int = 100
+    patience: int = 5
+    lr_decay: float = math.sqrt(10.0)
+    max_lr_decreases: int = 5
+    max_iterations: int = 200_000
+    max_minutes: float = 0.0  # 0 = no wall-time budget
+    grad_clip: float = 10.0
+    n_val: int = 100
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    gt_masks: bool = False
+    image_every: int = 500
+    checkpoint_every: int = 100
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise EconError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise EconError(f"lr must be > 0, got {self.lr}")
+        if self.eval_every < 1 or self.max_iterations < 0 or self.patience < 1:
+            raise EconError("eval_every and patience must be >= 1, max_iterations >= 0")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise EconError(f"precision must be auto|fp32|bf16|fp16, got {self.precision!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = "custom"
+
+    def validate(self) -> RunConfig:
+        self.model.validate()
+        self.train.validate()
+        if self.train.gt_masks and self.model.n_experts != 1:
+            raise EconError("--gt-masks trains the single-expert model: it needs n_experts == 1")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        try:
+            model = dict(data["model"])
+            model["unet_channels"] = tuple(model["unet_channels"])
+            return cls(
+                model=ModelConfig(**model),
+                train=TrainConfig(**data["train"]),
+                preset=str(data.get("preset", "custom")),
+            )
+        except (KeyError, TypeError) as error:
+            raise EconError(f"malformed run configuration: {error}") from error
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> RunConfig:
+        if not path.is_file():
+            raise EconError(f"no run configuration at {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise EconError(f"corrupt run configuration {path}: {error}") from error
+        return cls.from_dict(data).validate()
+
+
+PRESETS: dict[str, RunConfig] = {
+    # Appendix C.4, Fig 1: L=2, 4 encoder/decoder layers, 32 features, β=9.54, γ=0.52.
+    # Competition on L_x and L_r (λ=1) for uniquely coloured objects.
+    "paper-unique": RunConfig(
+        model=ModelConfig(latent_dim=2, vae_layers=4, vae_features=32, beta=9.54, gamma=0.52,
+                          competition_lambda=1.0),
+        preset="paper-unique",
+    ),
+    # Appendix C.4, Fig 6: L=5, 3 layers, 32 features, β=1, γ=3.26; competition on L_r only.
+    "paper-random": RunConfig(
+        model=ModelConfig(latent_dim=5, vae_layers=3, vae_features=32, beta=1.0, gamma=3.26,
+                          competition_lambda=0.0),
+        preset="paper-random",
+    ),
+    # CPU-sized: 32×32 scenes, a slimmer U-Net and decoder, a higher learning rate.
+    "quick": RunConfig(
+        model=ModelConfig(image_size=32, latent_dim=2, vae_layers=3, vae_features=32,
+                          unet_channels=(16, 32, 32, 32), unet_mlp_hidden=64,
+                          beta=1.0, gamma=1.0, competition_lambda=1.0),
+        train=TrainConfig(lr=1e-3, eval_every=100, max_iterations=3000),
+        preset="quick",
+    ),
+}
+
+
+def preset(name: str) -> RunConfig:
+    """Return a named preset, with a clear error for an unknown name."""
+    if name not in PRESETS:
+        raise EconError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def override(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Apply ``{"model.beta": 2.0, "train.lr": 1e-3, ...}`` style overrides and validate."""
+    model = dataclasses.asdict(config.model)
+    train = dataclasses.asdict(config.train)
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        target = {"model": model, "train": train}.get(section)
+        if target is None or name not in target:
+            raise EconError(f"unknown config field {key!r}")
+        target[name] = tuple(value) if name == "unet_channels" else value
+    return RunConfig(model=ModelConfig(**model), train=TrainConfig(**train),
+                     preset=config.preset).validate()

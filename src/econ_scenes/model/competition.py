@@ -1,0 +1,40 @@
+"""The competition of section 5.2: P(winner = k) ∝ exp(-score_k / τ).
+
+The paper's score λ·L_x + L_r is a sum over thousands of pixels, so raw it makes the softmax a
+hard argmax. We use per-pixel means (divide by the number of pixels D) and a temperature τ.
+A second problem: an expert that attends to nothing has L_x ≈ L_r ≈ 0 and wins every step.
+We price the scope it leaves unexplained, c per pixel of s·(1 − r̃): an expert must explain a
+pixel at a per-pixel cost below c to want it. The price is the same for every expert when the
+region is given (the last step), so it changes nothing there.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from econ_scenes.model.experts import Proposal
+from econ_scenes.model.objective import StepLosses
+
+
+def competition_score(losses: StepLosses, proposal: Proposal, lam: float,
+                      scope_cost: float) -> Tensor:
+    """Per-pixel score (lower is better): (λ·L_x + L_r + c·Σ s(1 − r̃)) / D → (N, G)."""
+    pixels = proposal.log_region.shape[-1] * proposal.log_region.shape[-2]
+    unexplained = (proposal.log_scope.exp() - proposal.log_region.exp()).sum(dim=(-2, -1))
+    score = lam * losses.reconstruction + losses.region_kl + scope_cost * unexplained
+    return score / pixels
+
+
+def gumbel_noise(shape: tuple[int, ...], device: torch.device) -> Tensor:
+    """Standard Gumbel noise: argmax(logits + G) samples from softmax(logits)."""
+    uniform = torch.rand(shape, device=device).clamp(1e-10, 1.0 - 1e-7)
+    return -torch.log(-torch.log(uniform))
+
+
+def choose_winner(score: Tensor, temperature: float, gumbel: Tensor | None) -> Tensor:
+    """Winner per image (N,): sampled from softmax(-score/τ) with Gumbel noise, else argmin."""
+    logits = -score / temperature
+    if gumbel is not None:
+        logits = logits + gumbel
+    return logits.argmax(dim=-1)

@@ -1,0 +1,188 @@
+"""ECON inference (section 5): T steps front to back, K experts competing at every step.
+
+At step t every expert proposes a region within the scope s_t, encodes it and reconstructs it;
+the competition picks the winner k̂_t; only the winner's terms of (13) enter the loss; the scope
+shrinks by the winner's region (14); the last step gives every expert the remaining scope.
+
+Two paths give the same losses, winners and gradients:
+
+* fast (default): the competition runs all K experts as one batched no-grad computation, then
+  the winners alone are recomputed with gradient, each image with its own expert's parameters,
+  in one grouped computation. No graph is built for the losers.
+* reference: a Python loop over experts with every expert's graph kept, the winners' terms
+  gathered afterwards. It exists for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from econ_scenes.config import ModelConfig
+from econ_scenes.errors import EconError
+from econ_scenes.model.competition import choose_winner, competition_score, gumbel_noise
+from econ_scenes.model.experts import Experts, Proposal
+from econ_scenes.model.objective import LOG_FLOOR, StepLosses, step_losses
+from econ_scenes.types import Decomposition
+
+
+@dataclass(frozen=True)
+class Inference:
+    """Result of :meth:`ECON.infer`.
+
+    loss: scalar, objective (13) of the winners summed over steps, mean over images (a
+    minimisation target: the negative ELBO); terms: batch means of each term for logging.
+    """
+
+    decomposition: Decomposition
+    loss: Tensor
+    terms: dict[str, Tensor]
+
+
+class ECON(nn.Module):
+    """Ensemble of Competing Object Networks."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.experts = Experts(config)
+
+    def check_images(self, images: Tensor) -> None:
+        size = self.config.image_size
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise EconError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        if images.shape[-2:] != (size, size):
+            raise EconError(
+                f"this model was built for {size}×{size} images, got "
+                f"{images.shape[-2]}×{images.shape[-1]}"
+            )
+        if not images.is_floating_point():
+            raise EconError(f"images must be float in [0, 1], got {images.dtype}")
+        if not torch.isfinite(images).all():
+            raise EconError("images contain NaN or infinite values")
+
+    def infer(
+        self,
+        images: Tensor,
+        *,
+        stochastic: bool,
+        gt_regions: Tensor | None = None,
+        reference: bool = False,
+    ) -> Inference:
+        """Decompose images (B, 3, H, W) in [0, 1] front to back.
+
+        stochastic: sample latents and winners (training); otherwise posterior means and the
+        best-scoring expert. gt_regions: (B, T, H, W) visible regions front first, used instead
+        of attention (the single-expert MONet extension trained on ground truth).
+        """
+        self.check_images(images)
+        cfg = self.config
+        batch, _, height, width = images.shape
+        if gt_regions is not None and gt_regions.shape != (batch, cfg.n_steps, height, width):
+            raise EconError(
+                f"gt_regions must be (B, T={cfg.n_steps}, H, W), got {tuple(gt_regions.shape)}"
+            )
+        log_scope = images.new_zeros(batch, 1, height, width)
+        loss = images.new_zeros(())
+        totals = {"reconstruction": 0.0, "latent_kl": 0.0, "region_kl": 0.0}
+        record: dict[str, list[Tensor]] = {k: [] for k in (
+            "winner", "region", "scope", "appearance", "shape", "latent", "score")}
+        for t in range(cfg.n_steps):
+            given = None
+            if t == cfg.n_steps - 1:
+                given = log_scope
+            elif gt_regions is not None:
+                given = gt_regions[:, t : t + 1].clamp_min(0).log().clamp_min(LOG_FLOOR)
+            chosen, terms, winner, score = self._step(images, log_scope, given, stochastic,
+                                                      reference)
+            step_total = terms.total(cfg.beta, cfg.gamma).mean()
+            loss = loss + step_total
+            for name in totals:
+                totals[name] = totals[name] + getattr(terms, name).mean()
+            record["winner"].append(winner)
+            record["region"].append(chosen.log_region[:, 0].exp())
+            record["scope"].append(log_scope[:, 0].exp())
+            record["appearance"].append(chosen.appearance[:, 0])
+            record["shape"].append(torch.sigmoid(chosen.shape_logit[:, 0]))
+            record["latent"].append(chosen.latent[:, 0])
+            record["score"].append(score)
+            log_scope = self._next_scope(log_scope, chosen, given)
+        stacked = {k: torch.stack(v, dim=1) for k, v in record.items()}
+        reconstruction = (stacked["region"].unsqueeze(2) * stacked["appearance"]).sum(dim=1)
+        decomposition = Decomposition(
+            winner=stacked["winner"], region=stacked["region"], scope=stacked["scope"],
+            appearance=stacked["appearance"], shape=stacked["shape"], latent=stacked["latent"],
+            step_scores=stacked["score"], reconstruction=reconstruction,
+        )
+        terms_out = {k: torch.as_tensor(v).detach() for k, v in totals.items()}
+        return Inference(decomposition, loss, terms_out)
+
+    def _step(
+        self, images: Tensor, log_scope: Tensor, given: Tensor | None, stochastic: bool,
+        reference: bool,
+    ) -> tuple[Proposal, StepLosses, Tensor, Tensor]:
+        """One inference step → winner's proposal (B, 1, ...), its losses (B, 1), winner (B,),
+        competition scores (B, K)."""
+        cfg = self.config
+        batch = images.shape[0]
+        device = images.device
+        noise = (torch.randn(batch, cfg.n_experts, cfg.latent_dim, device=device)
+                 if stochastic else None)
+        gumbel = gumbel_noise((batch, cfg.n_experts), device) if stochastic else None
+        track = torch.is_grad_enabled()
+        if reference:
+            proposals = Proposal.cat([
+                self.experts(images, log_scope, torch.tensor([k], device=device), shared=True,
+                             noise=None if noise is None else noise[:, k : k + 1],
+                             log_region=given)
+                for k in range(cfg.n_experts)
+            ])
+        else:
+            everyone = torch.arange(cfg.n_experts, device=device)
+            with torch.no_grad() if track else contextlib.nullcontext():
+                proposals = self.experts(images, log_scope, everyone, shared=True, noise=noise,
+                                         log_region=given)
+        losses = step_losses(images, proposals, cfg.sigma_x)
+        score = competition_score(losses, proposals, cfg.competition_lambda,
+                                  cfg.competition_scope_cost).detach()
+        winner = choose_winner(score, cfg.competition_temperature, gumbel)
+        if reference or not track:
+            chosen = proposals.select(winner)
+            rows = torch.arange(batch, device=device)
+            chosen_losses = StepLosses(*(getattr(losses, f)[rows, winner].unsqueeze(1) for f in
+                                         ("reconstruction", "latent_kl", "region_kl")))
+            return chosen, chosen_losses, winner, score
+        chosen = self._winners_forward(images, log_scope, given, winner, noise)
+        return chosen, step_losses(images, chosen, cfg.sigma_x), winner, score
+
+    def _winners_forward(
+        self, images: Tensor, log_scope: Tensor, given: Tensor | None, winner: Tensor,
+        noise: Tensor | None,
+    ) -> Proposal:
+        """Recompute each image with its winner's parameters, in the (1, B) layout, with grad."""
+        batch, _, height, width = images.shape
+        rows = torch.arange(batch, device=images.device)
+        return self.experts(
+            images.reshape(1, batch * 3, height, width),
+            log_scope.reshape(1, batch, height, width),
+            winner,
+            shared=False,
+            noise=None if noise is None else noise[rows, winner].unsqueeze(0),
+            log_region=None if given is None else given.reshape(1, batch, height, width),
+        ).per_image()
+
+    @staticmethod
+    def _next_scope(log_scope: Tensor, chosen: Proposal, given: Tensor | None) -> Tensor:
+        """(14): s_{t+1} = s_t ⊙ (1 − r̃_t/s_t), in log space: log s + log σ(−a) for attention."""
+        if chosen.attention is not None:
+            return log_scope + torch.nn.functional.logsigmoid(-chosen.attention)
+        remaining = (log_scope.exp() - chosen.log_region.exp()).clamp_min(0.0)
+        return remaining.log().clamp_min(LOG_FLOOR)
+
+    def forward(self, images: Tensor) -> Decomposition:
+        """Deterministic decomposition (posterior means, best expert per step)."""
+        return self.infer(images, stochastic=False).decomposition

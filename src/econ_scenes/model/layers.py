@@ -1,0 +1,95 @@
+"""Layers whose parameters are stacked over K experts.
+
+Activations are kept as 4-D tensors ``(N, G·C, H, W)``: N images, each processed by G experts,
+where ``experts: (G,)`` says which of the K parameter sets group g uses. Two layouts use the same
+layers:
+
+* competition, every expert on every image: ``N = B``, ``experts = arange(K)``;
+* winners only, each image with its own expert: ``N = 1``, ``G = B``, ``experts = winner``.
+
+A grouped convolution computes all groups in one kernel, so neither layout loops over experts.
+A ``shared`` input ``(N, C, H, W)`` is the same for all G groups (the image and scope at the first
+layer of the competition layout) and is convolved once with the G weight sets concatenated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _kaiming_uniform_(weight: Tensor, fan_in: int) -> None:
+    # PyTorch's default for Conv2d/Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    bound = 1.0 / math.sqrt(fan_in)
+    nn.init.uniform_(weight, -bound, bound)
+
+
+class StackedConv2d(nn.Module):
+    """K independent ``Conv2d(c_in, c_out, kernel_size)`` layers with 'same' padding."""
+
+    def __init__(self, n_experts: int, c_in: int, c_out: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.c_in, self.c_out, self.kernel_size = c_in, c_out, kernel_size
+        self.weight = nn.Parameter(torch.empty(n_experts, c_out, c_in, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(n_experts, c_out))
+        fan_in = c_in * kernel_size * kernel_size
+        _kaiming_uniform_(self.weight, fan_in)
+        _kaiming_uniform_(self.bias, fan_in)
+
+    def forward(self, x: Tensor, experts: Tensor, shared: bool = False) -> Tensor:
+        """x: (N, G·c_in, H, W), or (N, c_in, H, W) if shared → (N, G·c_out, H, W)."""
+        groups = experts.numel()
+        k = self.kernel_size
+        weight = self.weight[experts].reshape(groups * self.c_out, self.c_in, k, k)
+        bias = self.bias[experts].reshape(-1)
+        return F.conv2d(x, weight, bias, padding=k // 2, groups=1 if shared else groups)
+
+
+class StackedInstanceNorm(nn.Module):
+    """K independent affine ``InstanceNorm2d(c)`` layers."""
+
+    def __init__(self, n_experts: int, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n_experts, channels))
+        self.bias = nn.Parameter(torch.zeros(n_experts, channels))
+
+    def forward(self, x: Tensor, experts: Tensor) -> Tensor:
+        """x: (N, G·C, H, W) → same shape."""
+        weight = self.weight[experts].reshape(-1)
+        bias = self.bias[experts].reshape(-1)
+        return F.instance_norm(x, weight=weight, bias=bias, eps=1e-5)
+
+
+class StackedLinear(nn.Module):
+    """K independent ``Linear(d_in, d_out)`` layers."""
+
+    def __init__(self, n_experts: int, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_experts, d_out, d_in))
+        self.bias = nn.Parameter(torch.empty(n_experts, d_out))
+        _kaiming_uniform_(self.weight, d_in)
+        _kaiming_uniform_(self.bias, d_in)
+
+    def forward(self, x: Tensor, experts: Tensor) -> Tensor:
+        """x: (N, G, d_in) → (N, G, d_out)."""
+        weight = self.weight[experts]
+        return torch.einsum("ngi,goi->ngo", x, weight) + self.bias[experts]
+
+
+def channels_last(x: Tensor) -> Tensor:
+    """Channels-last memory: 2-3× faster convolutions than NCHW on CPU (oneDNN)."""
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def group_cat(a: Tensor, b: Tensor, groups: int) -> Tensor:
+    """Concatenate channels group by group: (N, G·Ca, H, W), (N, G·Cb, H, W) → (N, G·(Ca+Cb), H, W).
+
+    Works in (N, H, W, G, C) order so that the result is channels-last without another copy.
+    """
+    n, _, h, w = a.shape
+    a5 = a.permute(0, 2, 3, 1).reshape(n, h, w, groups, -1)
+    b5 = b.permute(0, 2, 3, 1).reshape(n, h, w, groups, -1)
+    return torch.cat([a5, b5], dim=-1).reshape(n, h, w, -1).permute(0, 3, 1, 2)

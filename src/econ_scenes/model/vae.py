@@ -1,0 +1,67 @@
+"""Expert VAE (Appendix C.2.1): encoder g_k(x, r) and spatial-broadcast decoder f_k(z)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from econ_scenes.model.layers import StackedConv2d, StackedLinear
+
+
+class Encoder(nn.Module):
+    """K stacked encoders: blocks of 3×3 conv → ReLU → 2×2 max-pool, then FC 4L → ReLU → FC 2L."""
+
+    def __init__(
+        self, n_experts: int, image_size: int, layers: int, features: int, latent_dim: int
+    ) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(
+            [StackedConv2d(n_experts, 4 if i == 0 else features, features) for i in range(layers)]
+        )
+        flat = features * (image_size // 2**layers) ** 2
+        self.fc1 = StackedLinear(n_experts, flat, 4 * latent_dim)
+        self.fc2 = StackedLinear(n_experts, 4 * latent_dim, 2 * latent_dim)
+
+    def forward(self, inputs: Tensor, experts: Tensor) -> tuple[Tensor, Tensor]:
+        """inputs: (N, G·4, H, W) image and region → posterior mean, log-variance (N, G, L)."""
+        h = inputs
+        for conv in self.convs:
+            h = F.max_pool2d(F.relu(conv(h, experts)), 2)
+        flat = h.reshape(h.shape[0], experts.numel(), -1)
+        stats = self.fc2(F.relu(self.fc1(flat, experts)), experts).float()
+        mean, log_var = stats.chunk(2, dim=-1)
+        return mean, log_var.clamp(-10.0, 10.0)
+
+
+class BroadcastDecoder(nn.Module):
+    """K stacked spatial-broadcast decoders: z tiled + 2 coordinate maps → conv-ReLU blocks → 1×1
+    conv to an RGB mean (sigmoid) and an unoccluded-shape logit."""
+
+    def __init__(
+        self, n_experts: int, image_size: int, layers: int, features: int, latent_dim: int
+    ) -> None:
+        super().__init__()
+        self.image_size = image_size
+        self.convs = nn.ModuleList(
+            [StackedConv2d(n_experts, latent_dim + 2 if i == 0 else features, features)
+             for i in range(layers)]
+        )
+        self.head = StackedConv2d(n_experts, features, 4, kernel_size=1)
+        axis = torch.linspace(-1.0, 1.0, image_size)
+        grid_y, grid_x = torch.meshgrid(axis, axis, indexing="ij")
+        self.register_buffer("coords", torch.stack([grid_x, grid_y]), persistent=False)
+
+    def forward(self, z: Tensor, experts: Tensor) -> tuple[Tensor, Tensor]:
+        """z: (N, G, L) → appearance μ (N, G, 3, H, W) in [0, 1], shape logits (N, G, H, W)."""
+        n, groups, latent = z.shape
+        size = self.image_size
+        tiled = z.reshape(n, 1, 1, groups, latent).expand(n, size, size, groups, latent)
+        coords = self.coords.to(z.dtype).permute(1, 2, 0).reshape(1, size, size, 1, 2)
+        coords = coords.expand(n, size, size, groups, 2)
+        # (N, H, W, G·(L+2)) viewed as NCHW: a channels-last tensor without a copy.
+        h = torch.cat([tiled, coords], dim=-1).reshape(n, size, size, -1).permute(0, 3, 1, 2)
+        for conv in self.convs:
+            h = F.relu(conv(h, experts))
+        out = self.head(h, experts).float().reshape(n, groups, 4, size, size)
+        return torch.sigmoid(out[:, :, :3]), out[:, :, 3]
