@@ -94,6 +94,9 @@ class TrainConfig:
     gt_masks: bool = False
     image_every: int = 500
     checkpoint_every: int = 100
+    snapshot_every: int = 0  # keep weights every N iterations in snapshots/ (learning curves)
+    init_from: str = ""  # run directory whose weights start this run (e.g. a combined ensemble)
+    frozen_experts: tuple[int, ...] = ()  # experts that receive no updates
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -117,6 +120,9 @@ class RunConfig:
         self.train.validate()
         if self.train.gt_masks and self.model.n_experts != 1:
             raise EconError("--gt-masks trains the single-expert model: it needs n_experts == 1")
+        for k in self.train.frozen_experts:
+            if not 0 <= k < self.model.n_experts:
+                raise EconError(f"frozen expert {k} out of range 0..{self.model.n_experts - 1}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,9 +133,11 @@ class RunConfig:
         try:
             model = dict(data["model"])
             model["unet_channels"] = tuple(model["unet_channels"])
+            train = dict(data["train"])
+            train["frozen_experts"] = tuple(train.get("frozen_experts", ()))
             return cls(
                 model=ModelConfig(**model),
-                train=TrainConfig(**data["train"]),
+                train=TrainConfig(**train),
                 preset=str(data.get("preset", "custom")),
             )
         except (KeyError, TypeError) as error:
@@ -165,7 +173,7 @@ PRESETS: dict[str, RunConfig] = {
     ),
     # CPU-sized: 32×32 scenes, a slimmer U-Net and decoder, a higher learning rate.
     "quick": RunConfig(
-        model=ModelConfig(image_size=32, latent_dim=2, vae_layers=3, vae_features=32,
+        model=ModelConfig(image_size=32, latent_dim=2, vae_layers=3, vae_features=16,
                           unet_channels=(16, 32, 32, 32), unet_mlp_hidden=64,
                           beta=1.0, gamma=1.0, competition_lambda=1.0),
         train=TrainConfig(lr=1e-3, eval_every=100, max_iterations=3000),
@@ -190,6 +198,9 @@ def override(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         target = {"model": model, "train": train}.get(section)
         if target is None or name not in target:
             raise EconError(f"unknown config field {key!r}")
-        target[name] = tuple(value) if name == "unet_channels" else value
+        is_tuple = name in ("unet_channels", "frozen_experts")
+        target[name] = tuple(value) if is_tuple and not isinstance(value, int) else value
+        if is_tuple and isinstance(value, int):
+            target[name] = (value,)
     return RunConfig(model=ModelConfig(**model), train=TrainConfig(**train),
                      preset=config.preset).validate()

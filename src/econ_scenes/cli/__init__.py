@@ -25,7 +25,7 @@ def _register() -> None:
     from econ_scenes.cli import data as data_cli
 
     data_cli.register(app)
-    for name in ("train", "scene", "evaluate", "demo"):
+    for name in ("train", "scene", "evaluate", "figures", "demo"):
         try:
             module = __import__(f"econ_scenes.cli.{name}", fromlist=["register"])
         except ModuleNotFoundError as error:

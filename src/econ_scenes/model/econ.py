@@ -51,6 +51,17 @@ class ECON(nn.Module):
         self.config = config
         self.experts = Experts(config)
 
+    def freeze_experts(self, experts: tuple[int, ...]) -> None:
+        """Zero the gradients of the given experts' slices of every stacked parameter, so that
+        only the other experts learn (e.g. a new expert added to a trained ensemble)."""
+        if not experts:
+            return
+        keep = torch.ones(self.config.n_experts)
+        keep[list(experts)] = 0.0
+        for parameter in self.parameters():
+            scale = keep.to(parameter.device).reshape(-1, *([1] * (parameter.ndim - 1)))
+            parameter.register_hook(lambda grad, scale=scale: grad * scale)
+
     def check_images(self, images: Tensor) -> None:
         size = self.config.image_size
         if images.ndim != 4 or images.shape[1] != 3:
@@ -72,28 +83,34 @@ class ECON(nn.Module):
         stochastic: bool,
         gt_regions: Tensor | None = None,
         reference: bool = False,
+        n_steps: int | None = None,
     ) -> Inference:
         """Decompose images (B, 3, H, W) in [0, 1] front to back.
 
         stochastic: sample latents and winners (training); otherwise posterior means and the
         best-scoring expert. gt_regions: (B, T, H, W) visible regions front first, used instead
         of attention (the single-expert MONet extension trained on ground truth).
+        n_steps: number of inference steps T (default: the configured T; more steps decompose
+        scenes with more objects than seen in training).
         """
         self.check_images(images)
         cfg = self.config
+        steps = cfg.n_steps if n_steps is None else n_steps
+        if steps < 1:
+            raise EconError(f"n_steps must be >= 1, got {steps}")
         batch, _, height, width = images.shape
-        if gt_regions is not None and gt_regions.shape != (batch, cfg.n_steps, height, width):
+        if gt_regions is not None and gt_regions.shape != (batch, steps, height, width):
             raise EconError(
-                f"gt_regions must be (B, T={cfg.n_steps}, H, W), got {tuple(gt_regions.shape)}"
+                f"gt_regions must be (B, T={steps}, H, W), got {tuple(gt_regions.shape)}"
             )
         log_scope = images.new_zeros(batch, 1, height, width)
         loss = images.new_zeros(())
         totals = {"reconstruction": 0.0, "latent_kl": 0.0, "region_kl": 0.0}
         record: dict[str, list[Tensor]] = {k: [] for k in (
             "winner", "region", "scope", "appearance", "shape", "latent", "score")}
-        for t in range(cfg.n_steps):
+        for t in range(steps):
             given = None
-            if t == cfg.n_steps - 1:
+            if t == steps - 1:
                 given = log_scope
             elif gt_regions is not None:
                 given = gt_regions[:, t : t + 1].clamp_min(0).log().clamp_min(LOG_FLOOR)

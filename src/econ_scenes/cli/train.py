@@ -1,0 +1,89 @@
+"""``econ train``: train a new run from a preset, or resume one."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from econ_scenes.errors import EconError
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["model.beta=2", "train.lr=1e-3"]`` → ``{"model.beta": 2, "train.lr": 0.001}``."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise EconError(f"--set expects section.field=value, got {item!r}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        overrides[key.strip()] = value
+    return overrides
+
+
+def train_command(
+    data: Annotated[Path | None, typer.Option(help="Training scenes (.npz or folder).")] = None,
+    out: Annotated[Path | None, typer.Option(help="New run directory.")] = None,
+    preset: Annotated[str, typer.Option(help="paper-unique | paper-random | quick")] = "quick",
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")] = None,
+    val: Annotated[Path | None, typer.Option(help="Validation scenes (default: hold out the "
+                                             "last n_val training scenes).")] = None,
+    n_experts: Annotated[int | None, typer.Option("--n-experts", "-K")] = None,
+    n_steps: Annotated[int | None, typer.Option("--n-steps", "-T")] = None,
+    gt_masks: Annotated[bool, typer.Option(help="Train K=1 on ground-truth regions.")] = False,
+    max_iterations: Annotated[int | None, typer.Option()] = None,
+    max_minutes: Annotated[float | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto | fp32 | bf16 | fp16")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Any config field, e.g. "
+                                                   "--set model.beta=2 --set train.lr=1e-3")] = None,
+    init: Annotated[Path | None, typer.Option(help="Start from the weights of this run or "
+                                              "combined ensemble.")] = None,
+    freeze: Annotated[str | None, typer.Option(help="Experts to keep fixed, e.g. 0,1,2.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train ECON (Adam, plateau schedule of Appendix C.3) and write a run directory."""
+    from econ_scenes.config import override
+    from econ_scenes.config import preset as get_preset
+    from econ_scenes.train import train
+
+    budget = {"max_iterations": max_iterations, "max_minutes": max_minutes}
+    if resume is not None:
+        result = train(resume, resume=True, budget=budget, progress=progress)
+    else:
+        if data is None or out is None:
+            raise EconError("a new run needs --data and --out (or --resume RUN_DIR)")
+        if not data.exists():
+            raise EconError(f"data file {data} does not exist")
+        overrides = parse_overrides(set_ or [])
+        for key, value in {
+            "model.n_experts": 1 if gt_masks and n_experts is None else n_experts,
+            "model.n_steps": n_steps, "train.gt_masks": gt_masks or None, "train.seed": seed,
+            "train.device": device, "train.precision": precision,
+            "train.init_from": None if init is None else str(init.resolve()),
+            "train.frozen_experts": None if freeze is None else _indices(freeze),
+        }.items():
+            if value is not None:
+                overrides[key] = value
+        config = override(get_preset(preset), overrides)
+        result = train(out, config=config, data=data, val=val, budget=budget, progress=progress)
+    typer.echo(f"stopped after {result.iterations} iterations ({result.stop_reason}), "
+               f"{result.minutes:.1f} min; best validation loss {result.best_val_loss:.2f}; "
+               f"run in {result.run_dir}")
+
+
+def _indices(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(k) for k in text.split(",") if k.strip())
+    except ValueError as error:
+        raise EconError(f"--freeze expects comma-separated expert indices, got {text!r}") from error
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)

@@ -1,0 +1,350 @@
+"""The ECON model (sections 4-5): decomposition invariants, gradient routing to the winners, the
+fast path against the reference loop, ground-truth regions and input validation."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+from econ_scenes.config import ModelConfig, RunConfig, TrainConfig
+from econ_scenes.data import Scenes
+from econ_scenes.errors import EconError
+from econ_scenes.model import ECON
+from econ_scenes.model import econ as econ_module
+from econ_scenes.types import Decomposition
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+BATCH = 4
+
+
+def images_of(scenes: Scenes, n: int = BATCH) -> Tensor:
+    return torch.from_numpy(np.array(scenes.images[:n])).permute(0, 3, 1, 2).float() / 255
+
+
+def build(config: ModelConfig, seed: int = 0) -> ECON:
+    torch.manual_seed(seed)
+    return ECON(config)
+
+
+@pytest.fixture
+def images(tiny_scenes: Scenes) -> Tensor:
+    return images_of(tiny_scenes)
+
+
+@pytest.fixture
+def model(tiny_model_config: ModelConfig) -> ECON:
+    return build(tiny_model_config)
+
+
+# --- the decomposition ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n_experts", "n_steps"), [(3, 3), (1, 2), (2, 1)])
+def test_decomposition_shapes(
+    tiny_model_config: ModelConfig, images: Tensor, n_experts: int, n_steps: int
+) -> None:
+    config = dataclasses.replace(tiny_model_config, n_experts=n_experts, n_steps=n_steps)
+    model = build(config)
+    b, t, k, size, latent = BATCH, n_steps, n_experts, config.image_size, config.latent_dim
+    for stochastic in (False, True):
+        d = model.infer(images, stochastic=stochastic).decomposition
+        expected = {
+            "winner": (b, t), "region": (b, t, size, size), "scope": (b, t, size, size),
+            "appearance": (b, t, 3, size, size), "shape": (b, t, size, size),
+            "latent": (b, t, latent), "step_scores": (b, t, k),
+            "reconstruction": (b, 3, size, size),
+        }
+        assert {f.name for f in dataclasses.fields(Decomposition)} == set(expected)
+        for name, shape in expected.items():
+            assert tuple(getattr(d, name).shape) == shape, name
+        assert d.winner.dtype == torch.int64
+        assert int(d.winner.min()) >= 0 and int(d.winner.max()) < k
+        for name in ("region", "scope", "appearance", "shape"):
+            value = getattr(d, name)
+            assert value.min() >= 0 and value.max() <= 1, name
+        # The winner is the expert with the best score at a deterministic step.
+        if not stochastic:
+            assert torch.equal(d.winner, d.step_scores.argmin(dim=-1))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_regions_partition_the_image_and_scopes_shrink(
+    model: ECON, images: Tensor, training: bool
+) -> None:
+    model.train(training)
+    with torch.set_grad_enabled(training):
+        d = model.infer(images, stochastic=training).decomposition
+    ones = torch.ones_like(d.region[:, 0])
+    torch.testing.assert_close(d.region.sum(dim=1), ones, atol=1e-5, rtol=0)
+    # s_T = 1 (nothing explained before the first step) and s_{t-1} = s_t − r̃_t ≤ s_t.
+    assert torch.equal(d.scope[:, 0], ones)
+    assert (d.scope[:, 1:] <= d.scope[:, :-1] + 1e-6).all()
+    assert (d.region <= d.scope + 1e-6).all()
+    cumulative = ones.unsqueeze(1) - torch.cumsum(d.region, dim=1)[:, :-1]
+    torch.testing.assert_close(d.scope[:, 1:], cumulative, atol=1e-5, rtol=0)
+    # The last step takes what is left of the scope.
+    torch.testing.assert_close(d.region[:, -1], d.scope[:, -1], atol=1e-6, rtol=0)
+    # The attention actually splits the image: earlier steps take something.
+    assert d.region[:, :-1].sum() > 0
+
+
+def test_reconstruction_is_the_region_weighted_sum_of_objects(model: ECON, images: Tensor) -> None:
+    for stochastic in (False, True):
+        d = model.infer(images, stochastic=stochastic).decomposition
+        expected = (d.region.unsqueeze(2) * d.appearance).sum(dim=1)
+        torch.testing.assert_close(d.reconstruction, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_deterministic_decomposition_is_deterministic(model: ECON, images: Tensor) -> None:
+    model.eval()
+    torch.manual_seed(1)
+    first = model(images)
+    torch.manual_seed(2)
+    second = model.infer(images, stochastic=False).decomposition
+    for field in dataclasses.fields(Decomposition):
+        assert torch.equal(getattr(first, field.name), getattr(second, field.name)), field.name
+
+
+def test_loss_is_the_sum_of_the_step_terms(model: ECON, images: Tensor) -> None:
+    cfg = model.config
+    out = model.infer(images, stochastic=False)
+    terms = out.terms
+    expected = terms["reconstruction"] + cfg.beta * terms["latent_kl"]
+    expected = expected + cfg.gamma * terms["region_kl"]
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=0)
+
+
+# --- gradients reach only the winners --------------------------------------------------------
+
+
+def weight_gradients(model: ECON) -> Iterator[tuple[str, Tensor]]:
+    """(name, grad) of every weight: biases directly before an instance norm have analytically
+    zero gradient, so they cannot show that an expert was updated."""
+    for name, parameter in model.named_parameters():
+        if name.endswith("weight"):
+            grad = parameter.grad
+            yield name, torch.zeros_like(parameter) if grad is None else grad
+
+
+def assert_gradients_follow_winners(model: ECON, winner: Tensor) -> None:
+    n_experts = model.config.n_experts
+    won = [bool((winner == k).any()) for k in range(n_experts)]
+    won_attending = [bool((winner[:, :-1] == k).any()) for k in range(n_experts)]
+    for name, grad in weight_gradients(model):
+        active = won_attending if ".attention." in name else won
+        for k in range(n_experts):
+            nonzero = bool(grad[k].abs().sum() > 0)
+            assert nonzero == active[k], (
+                f"{name}[{k}]: gradient {'nonzero' if nonzero else 'zero'}, winners "
+                f"{winner.tolist()}"
+            )
+    # Losers get no gradient at all, biases included.
+    for name, parameter in model.named_parameters():
+        active = won_attending if ".attention." in name else won
+        for k in range(n_experts):
+            if not active[k] and parameter.grad is not None:
+                assert not parameter.grad[k].any(), f"{name}[{k}]"
+
+
+@pytest.mark.parametrize("reference", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gradients_reach_only_the_winners(
+    model: ECON, images: Tensor, seed: int, reference: bool
+) -> None:
+    torch.manual_seed(seed)
+    out = model.infer(images[:2], stochastic=True, reference=reference)
+    out.loss.backward()
+    assert_gradients_follow_winners(model, out.decomposition.winner)
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_gradients_follow_a_forced_competition(
+    model: ECON, images: Tensor, monkeypatch: pytest.MonkeyPatch, reference: bool
+) -> None:
+    """Expert 0 wins the attending steps, expert 1 only the last step (no attention there),
+    expert 2 never: exactly expert 0's attention and experts 0 and 1's VAEs get gradient."""
+    plan = iter([torch.tensor([0, 0]), torch.tensor([0, 0]), torch.tensor([1, 0])])
+    monkeypatch.setattr(econ_module, "choose_winner", lambda score, temperature, gumbel: next(plan))
+    out = model.infer(images[:2], stochastic=True, reference=reference)
+    assert out.decomposition.winner.tolist() == [[0, 0, 1], [0, 0, 0]]
+    out.loss.backward()
+    assert_gradients_follow_winners(model, out.decomposition.winner)
+    attention = model.experts.attention.down_convs[0].weight.grad
+    decoder = model.experts.decoder.convs[0].weight.grad
+    assert attention is not None and decoder is not None
+    assert attention[0].any() and not attention[1].any() and not attention[2].any()
+    assert decoder[0].any() and decoder[1].any() and not decoder[2].any()
+
+
+# --- the fast path equals the reference loop ---------------------------------------------------
+
+
+def run_path(model: ECON, images: Tensor, reference: bool, seed: int) -> tuple[Tensor, Tensor,
+                                                                                Tensor, Tensor]:
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    out = model.infer(images, stochastic=True, reference=reference)
+    out.loss.backward()
+    grads = torch.cat([
+        (torch.zeros_like(p) if p.grad is None else p.grad).flatten()
+        for p in model.parameters()
+    ])
+    d = out.decomposition
+    return out.loss.detach(), d.winner, grads, d.step_scores
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_fast_path_equals_reference_in_float64(model: ECON, images: Tensor, seed: int) -> None:
+    model.double()
+    x = images.double()
+    loss_fast, winner_fast, grad_fast, score_fast = run_path(model, x, False, seed)
+    loss_ref, winner_ref, grad_ref, score_ref = run_path(model, x, True, seed)
+    assert torch.equal(winner_fast, winner_ref)
+    torch.testing.assert_close(score_fast, score_ref, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(loss_fast, loss_ref, rtol=1e-10, atol=0)
+    assert grad_fast.abs().sum() > 0
+    torch.testing.assert_close(grad_fast, grad_ref, rtol=1e-7, atol=1e-10)
+
+
+def test_fast_path_equals_reference_in_float32(model: ECON, images: Tensor) -> None:
+    loss_fast, winner_fast, grad_fast, _ = run_path(model, images, False, seed=5)
+    loss_ref, winner_ref, grad_ref, _ = run_path(model, images, True, seed=5)
+    assert torch.equal(winner_fast, winner_ref)
+    torch.testing.assert_close(loss_fast, loss_ref, rtol=1e-5, atol=0)
+    relative = (grad_fast - grad_ref).norm() / grad_ref.norm()
+    assert relative < 1e-4
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["experts.attention.head.weight", "experts.encoder.fc2.weight", "experts.decoder.head.weight"],
+)
+def test_gradient_matches_finite_differences(model: ECON, images: Tensor, name: str) -> None:
+    """With the winners fixed, the loss is smooth in the parameters: the fast path's gradient is
+    its derivative, the attention's included (it reaches later steps through the scope (14))."""
+    model.double()
+    x = images.double()
+    out = model.infer(x, stochastic=False)
+    out.loss.backward()
+    parameter = dict(model.named_parameters())[name]
+    assert parameter.grad is not None
+    direction = torch.randn(parameter.shape, generator=torch.Generator().manual_seed(0),
+                            dtype=parameter.dtype)
+    analytic = (parameter.grad * direction).sum().item()
+    eps = 1e-3
+    losses = []
+    with torch.no_grad():
+        for sign in (1.0, -1.0):
+            parameter.add_(sign * eps * direction)
+            shifted = model.infer(x, stochastic=False)
+            parameter.sub_(sign * eps * direction)
+            assert torch.equal(shifted.decomposition.winner, out.decomposition.winner)
+            losses.append(shifted.loss.item())
+    numeric = (losses[0] - losses[1]) / (2 * eps)
+    assert abs(analytic) > 0.1
+    assert numeric == pytest.approx(analytic, rel=1e-2)
+
+
+def test_decomposition_without_grad_equals_with_grad(model: ECON, images: Tensor) -> None:
+    """Under no_grad the fast path keeps the competition's proposals instead of recomputing the
+    winners: the same numbers."""
+    model.eval()
+    with_grad = model.infer(images, stochastic=False).decomposition
+    with torch.no_grad():
+        without = model.infer(images, stochastic=False).decomposition
+    assert torch.equal(with_grad.winner, without.winner)
+    torch.testing.assert_close(with_grad.region, without.region, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(with_grad.reconstruction, without.reconstruction, atol=1e-5,
+                               rtol=1e-5)
+
+
+# --- ground-truth regions (--gt-masks, K = 1) ----------------------------------------------------
+
+
+def test_gt_regions_are_reproduced(tiny_model_config: ModelConfig, tiny_scenes: Scenes) -> None:
+    config = dataclasses.replace(tiny_model_config, n_experts=1)
+    model = build(config)
+    scenes = tiny_scenes.subset(slice(0, BATCH))
+    assert scenes.n_layers == config.n_steps
+    gt = torch.from_numpy(scenes.visible()[:, ::-1].astype(np.float32).copy())  # front first
+    x = images_of(scenes)
+    for stochastic in (False, True):
+        out = model.infer(x, stochastic=stochastic, gt_regions=gt)
+        torch.testing.assert_close(out.decomposition.region, gt, atol=1e-6, rtol=0)
+        assert (out.decomposition.winner == 0).all()
+        assert torch.isfinite(out.loss)
+    # Soft regions (a partition of unity) are reproduced as well.
+    soft = torch.softmax(torch.randn(BATCH, config.n_steps, 16, 16), dim=1)
+    d = model.infer(x, stochastic=False, gt_regions=soft).decomposition
+    torch.testing.assert_close(d.region, soft, atol=1e-5, rtol=0)
+    # The attention is not used: its parameters get no gradient.
+    out = model.infer(x, stochastic=True, gt_regions=gt)
+    out.loss.backward()
+    for name, parameter in model.named_parameters():
+        if ".attention." in name:
+            assert parameter.grad is None or not parameter.grad.any(), name
+    assert model.experts.encoder.convs[0].weight.grad is not None
+    assert model.experts.encoder.convs[0].weight.grad.any()
+
+
+def test_gt_regions_of_the_wrong_shape_are_rejected(tiny_model_config: ModelConfig,
+                                                    images: Tensor) -> None:
+    model = build(dataclasses.replace(tiny_model_config, n_experts=1))
+    with pytest.raises(EconError, match="gt_regions"):
+        model.infer(images, stochastic=False, gt_regions=torch.ones(BATCH, 2, 16, 16))
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"n_steps": 0}, "n_steps"),
+        ({"n_experts": 0}, "n_experts"),
+        ({"image_size": 20}, "divisible"),
+        ({"image_size": 16, "unet_channels": (4, 8, 8, 8, 8)}, "divisible"),
+        ({"latent_dim": 0}, "latent_dim"),
+        ({"sigma_x": 0.0}, "sigma_x"),
+        ({"beta": -1.0}, "beta"),
+    ],
+)
+def test_bad_model_config_raises(
+    tiny_model_config: ModelConfig, changes: dict[str, object], message: str
+) -> None:
+    config = dataclasses.replace(tiny_model_config, **changes)  # type: ignore[arg-type]
+    with pytest.raises(EconError, match=message):
+        ECON(config)
+
+
+def test_gt_masks_with_several_experts_raises(tiny_model_config: ModelConfig) -> None:
+    config = RunConfig(model=tiny_model_config, train=TrainConfig(gt_masks=True))
+    with pytest.raises(EconError, match="n_experts == 1"):
+        config.validate()
+    RunConfig(model=dataclasses.replace(tiny_model_config, n_experts=1),
+              train=TrainConfig(gt_masks=True)).validate()
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (torch.rand(2, 4, 16, 16), r"\(B, 3, H, W\)"),
+        (torch.rand(3, 16, 16), r"\(B, 3, H, W\)"),
+        (torch.rand(2, 3, 32, 32), "16×16"),
+        (torch.randint(0, 255, (2, 3, 16, 16), dtype=torch.uint8), "float"),
+        (torch.full((2, 3, 16, 16), float("nan")), "NaN"),
+        (torch.tensor([float("inf")]).expand(2, 3, 16, 16), "infinite"),
+    ],
+)
+def test_bad_images_raise(model: ECON, bad: Tensor, message: str) -> None:
+    with pytest.raises(EconError, match=message):
+        model.infer(bad, stochastic=False)
+    with pytest.raises(EconError, match=message):
+        model(bad)
