@@ -4,6 +4,7 @@ inputs as :class:`EconError`; ``econ train`` on the command line."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 import subprocess
@@ -70,6 +71,14 @@ def finished_run(
     yield run_dir
 
 
+@pytest.fixture
+def run_copy(tmp_path: Path, finished_run: Path) -> Path:
+    """A copy of ``finished_run`` to damage or extend."""
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run, copy)
+    return copy
+
+
 # --- learning ----------------------------------------------------------------------------------
 
 
@@ -132,6 +141,22 @@ def test_resume_after_ctrl_c_gives_the_weights_of_an_uninterrupted_run(
     assert_same_weights(run_dir, finished_run)
 
 
+def test_resume_restores_the_learning_rate_schedule(run_copy: Path) -> None:
+    """A checkpoint whose schedule has decreased the rate 4 times and never beats its best: one
+    more evaluation without improvement (patience 1) is the 5th decrease, which ends the run."""
+    path = run_copy / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    state["schedule"] = {"lr": 1e-4, "best": -1.0, "bad": 0, "decreases": 4}
+    torch.save(state, path)
+    result = train(run_copy, resume=True, budget={"max_iterations": ITERATIONS + 4},
+                   progress=False)
+    assert result.iterations == ITERATIONS + 2
+    assert result.stop_reason.startswith("converged")
+    assert load_checkpoint(run_copy)["schedule"] == {
+        "lr": pytest.approx(1e-4 / math.sqrt(10)), "best": -1.0, "bad": 0, "decreases": 5,
+    }
+
+
 # --- the run directory ------------------------------------------------------------------------
 
 
@@ -172,13 +197,6 @@ def test_tensorboard_events_are_written(finished_run: Path) -> None:
 
 
 # --- broken inputs ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def run_copy(tmp_path: Path, finished_run: Path) -> Path:
-    copy = tmp_path / "copy"
-    shutil.copytree(finished_run, copy)
-    return copy
 
 
 def test_corrupt_checkpoint_gives_econ_error(run_copy: Path) -> None:
@@ -224,6 +242,22 @@ def test_missing_data_file_gives_econ_error(
     moved.unlink()
     with pytest.raises(EconError, match="not found"):
         train(run_copy, resume=True, budget={"max_iterations": ITERATIONS + 1}, progress=False)
+
+
+def test_corrupt_run_info_gives_econ_error(run_copy: Path) -> None:
+    (run_copy / "run.json").write_text("{broken")
+    with pytest.raises(EconError, match=r"run\.json"):
+        train(run_copy, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("setting", [{"checkpoint_every": 0}, {"n_val": 0, "eval_every": 1}])
+def test_zero_checkpoint_interval_or_validation_split_is_rejected(
+    tmp_path: Path, tiny_scenes_npz: Path, tiny_model_config: ModelConfig,
+    setting: dict[str, int],
+) -> None:
+    with pytest.raises(EconError):
+        train(tmp_path / "run", config=tiny_run_config(tiny_model_config, **setting),
+              data=tiny_scenes_npz, budget={"max_iterations": 2}, progress=False)
 
 
 def test_existing_run_directory_gives_econ_error(

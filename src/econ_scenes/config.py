@@ -105,6 +105,12 @@ class TrainConfig:
             raise EconError(f"lr must be > 0, got {self.lr}")
         if self.eval_every < 1 or self.max_iterations < 0 or self.patience < 1:
             raise EconError("eval_every and patience must be >= 1, max_iterations >= 0")
+        if self.checkpoint_every < 1:
+            raise EconError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.n_val < 1:
+            raise EconError(f"n_val (validation scenes) must be >= 1, got {self.n_val}")
+        if self.image_every < 0 or self.snapshot_every < 0 or self.max_minutes < 0:
+            raise EconError("image_every, snapshot_every and max_minutes must be >= 0")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise EconError(f"precision must be auto|fp32|bf16|fp16, got {self.precision!r}")
 

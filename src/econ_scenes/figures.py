@@ -4,7 +4,8 @@ Every ``fig*`` function takes numpy arrays, tensors, :class:`~econ_scenes.types.
 or :class:`~econ_scenes.types.Composition` (never the model), returns a matplotlib
 :class:`~matplotlib.figure.Figure` on an Agg canvas (no pyplot state, so nothing leaks between
 calls) and leaves writing to :func:`save`. :func:`make_all` runs a
-:class:`~econ_scenes.scene.SceneModel` once per figure and writes every PNG.
+:class:`~econ_scenes.scene.SceneModel` (samples, compositions, decompositions) and writes
+every PNG.
 
 Images are accepted as uint8 (…, H, W, 3) or float (…, 3, H, W) in [0, 1]; objects are drawn
 on a grey checkerboard wherever their shape or region is empty, so that shapes stay visible
@@ -518,8 +519,9 @@ def make_all(
     """Draw every figure of the paper for ``scene_model`` and write them as PNGs in ``out_dir``.
 
     data_images: training scenes, uint8 (N, H, W, 3) at the model's image size (Fig. 1A, 4 and
-    the sequence prior when the run has none). ood_images: scenes for Fig. 8 (default: 8
-    generated with the ``ood`` preset, explained with one step per layer). single_model: a
+    the sequence prior when the run has none). ood_images: scenes for Fig. 8, the first 4 shown
+    (default: 8 generated with the ``ood`` preset); ``Scenes`` are explained with one inference
+    step per layer, plain arrays with the ``ood`` preset's layer count. single_model: a
     one-expert model for Fig. 5 (skipped without one). Returns the written paths.
     """
     if seed < 0:
@@ -542,11 +544,10 @@ def make_all(
 
     rng = np.random.default_rng(seed)
     base = 0 if background is None else background
-    random_3, random_4 = (
-        scene_model.compose(random_sequences(base, scene_model.n_experts, count,
-                                             N_COMPOSITIONS, rng), seed=seed + count)
-        for count in (3, 4)
-    )
+    random_3 = scene_model.compose(
+        random_sequences(base, scene_model.n_experts, 3, N_COMPOSITIONS, rng), seed=seed + 3)
+    random_4 = scene_model.compose(
+        random_sequences(base, scene_model.n_experts, 4, N_COMPOSITIONS, rng), seed=seed + 4)
     ordered = scene_model.compose_from_prior(N_COMPOSITIONS, prior=prior, seed=seed)
     emit("fig1c", fig1_compositions(random_3, random_4, ordered))
 
@@ -563,8 +564,7 @@ def make_all(
     emit("fig7", fig7_layered_sampling(random_4))
 
     ood, steps = _ood_scenes(scene_model, ood_images, seed)
-    ood = _check_images(ood, scene_model.image_size, "o.o.d. images")[:N_OOD_GENERATED]
+    ood = _check_images(ood, scene_model.image_size, "o.o.d. images")[:N_OOD_SHOWN]
     decomposition = scene_model.decompose(ood, n_steps=steps)
-    emit("fig8", fig8_ood_decompositions(ood, decomposition,
-                                         list(range(min(N_OOD_SHOWN, len(ood))))))
+    emit("fig8", fig8_ood_decompositions(ood, decomposition, list(range(len(ood)))))
     return written

@@ -53,8 +53,8 @@ CLASSIFIER_VERSION = 1
 """Bump when the architecture or the training data change (it is part of the file name)."""
 N_CLASSES = len(CLASS_NAMES)
 FEATURE_DIM = 64
-DEFAULT_N_TRAIN = 4000
-DEFAULT_EPOCHS = 6
+DEFAULT_N_TRAIN = 3000
+DEFAULT_EPOCHS = 5
 HELD_OUT_SEED_OFFSET = 1_000_003
 MAX_SIZE_FRACTION = 0.6
 NOISE = 0.04
@@ -218,7 +218,7 @@ def train_classifier(
     epochs: int = DEFAULT_EPOCHS,
     n_test: int = 1000,
     batch_size: int = 64,
-    lr: float = 3e-3,
+    lr: float = 1e-2,
     seed: int = 0,
     progress: bool = False,
 ) -> ShapeClassifier:

@@ -228,7 +228,13 @@ def _read_run_info(run_dir: Path) -> dict[str, Any]:
     path = run_dir / RUN_INFO
     if not path.is_file():
         raise EconError(f"{run_dir} is not a run directory (no {RUN_INFO})")
-    return json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise EconError(f"corrupt {path}: {error}") from error
+    if not isinstance(info, dict) or "data" not in info:
+        raise EconError(f"corrupt {path}: no 'data' entry")
+    return info
 
 
 def _restore(run_dir: Path, model: ECON, optimiser: torch.optim.Optimizer,

@@ -1,0 +1,245 @@
+"""Training speed of ECON: the fast path against the reference per-expert loop.
+
+One training iteration is ``model.infer(images, stochastic=True)``, backward, gradient clipping
+and an Adam step, as in :mod:`econ_scenes.train.loop`. Both paths start from the same weights and
+see the same batch; each is warmed up before it is timed.
+
+FLOPs of one iteration are counted with ``torch.utils.flop_counter.FlopCounterMode``. Its count
+for the backward of grouped convolutions (which the fast path uses) is unreliable, so only forward
+passes are counted: the competition (all K experts, no grad) and the winners' recomputation; the
+backward is estimated as 2× the winners' forward. For the reference loop, which keeps the graph of
+every expert and backpropagates through all of them, the backward is estimated as 2× its forward.
+
+    python benchmarks/train_speed.py --preset paper-unique --size 32 --batch 32 --iterations 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from econ_scenes.config import PRESETS, RunConfig, override, preset
+from econ_scenes.data import SceneSpec, generate
+from econ_scenes.model import ECON
+from econ_scenes.train.loop import autocast, resolve_device
+
+
+@dataclass(frozen=True)
+class Timing:
+    path: str
+    seconds_per_iteration: float
+    loss: float
+
+    @property
+    def iterations_per_second(self) -> float:
+        return 1.0 / self.seconds_per_iteration
+
+
+@dataclass(frozen=True)
+class Flops:
+    competition: int  # forward of all K experts, no grad (summed over the T steps)
+    winners: int  # forward of the winners, with grad
+    reference_forward: int  # forward of the reference loop (every expert with grad)
+
+    @property
+    def fast_iteration(self) -> int:
+        return self.competition + 3 * self.winners  # winners' backward ≈ 2× their forward
+
+    @property
+    def reference_iteration(self) -> int:
+        return 3 * self.reference_forward
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="paper-unique", choices=sorted(PRESETS))
+    parser.add_argument("--size", type=int, default=32, help="image side (default 32)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--iterations", type=int, default=10, help="timed iterations per path")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per path")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--experts", "-K", type=int, default=None, help="override K")
+    parser.add_argument("--steps", "-T", type=int, default=None, help="override T")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_speed.md"))
+    args = parser.parse_args(argv)
+    if args.iterations < 1 or args.warmup < 0 or args.batch < 1:
+        parser.error("--iterations and --batch must be >= 1, --warmup >= 0")
+    return args
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    overrides: dict[str, object] = {"model.image_size": args.size, "train.batch_size": args.batch}
+    if args.experts is not None:
+        overrides["model.n_experts"] = args.experts
+    if args.steps is not None:
+        overrides["model.n_steps"] = args.steps
+    return override(preset(args.preset), overrides)
+
+
+def make_images(config: RunConfig, batch: int, seed: int, device: torch.device) -> torch.Tensor:
+    colours = "random" if config.preset == "paper-random" else "unique"
+    scenes = generate(SceneSpec.preset(colours, size=config.model.image_size), batch, seed=seed)
+    pixels = torch.from_numpy(np.array(scenes.images, dtype=np.uint8))
+    return (pixels.permute(0, 3, 1, 2).float() / 255).to(device)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_path(config: RunConfig, images: torch.Tensor, reference: bool, args: argparse.Namespace,
+              device: torch.device) -> Timing:
+    torch.manual_seed(args.seed)
+    model = ECON(config.model).to(device).train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+
+    def step() -> float:
+        with autocast(device, args.precision):
+            out = model.infer(images, stochastic=True, reference=reference)
+        optimiser.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+        optimiser.step()
+        return float(out.loss.detach())
+
+    for _ in range(args.warmup):
+        step()
+    synchronize(device)
+    loss = 0.0
+    start = time.perf_counter()
+    for _ in range(args.iterations):
+        loss = step()
+    synchronize(device)
+    elapsed = time.perf_counter() - start
+    return Timing("reference loop" if reference else "fast path", elapsed / args.iterations, loss)
+
+
+def count_forward_flops(model: ECON, images: torch.Tensor, *, reference: bool, grad: bool,
+                        device: torch.device, precision: str) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.set_grad_enabled(grad), autocast(device, precision):
+        model.infer(images, stochastic=True, reference=reference)
+    return int(counter.get_total_flops())
+
+
+def count_flops(config: RunConfig, images: torch.Tensor, args: argparse.Namespace,
+                device: torch.device) -> Flops:
+    torch.manual_seed(args.seed)
+    model = ECON(config.model).to(device).train()
+    # Without grad the fast path runs the competition only (the winners are not recomputed).
+    competition = count_forward_flops(model, images, reference=False, grad=False, device=device,
+                                      precision=args.precision)
+    fast_forward = count_forward_flops(model, images, reference=False, grad=True, device=device,
+                                       precision=args.precision)
+    reference_forward = count_forward_flops(model, images, reference=True, grad=True,
+                                            device=device, precision=args.precision)
+    return Flops(competition, fast_forward - competition, reference_forward)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: torch.device) -> list[tuple[str, str]]:
+    info = [
+        ("date", datetime.datetime.now().isoformat(timespec="seconds")),
+        ("CPU", cpu_model()),
+        ("torch", torch.__version__),
+        ("threads", str(torch.get_num_threads())),
+        ("CPU capability", torch.backends.cpu.get_cpu_capability()),
+        ("device", str(device)),
+        ("python", platform.python_version()),
+    ]
+    if device.type == "cuda":
+        info.append(("GPU", torch.cuda.get_device_name(device)))
+    return info
+
+
+def report(config: RunConfig, args: argparse.Namespace, device: torch.device,
+           timings: list[Timing], flops: Flops) -> str:
+    m = config.model
+    fast, ref = timings
+    lines = [
+        "# ECON training speed",
+        "",
+        f"Preset `{config.preset}`, {m.image_size}×{m.image_size} images, batch {args.batch}, "
+        f"K={m.n_experts} experts, T={m.n_steps} steps, U-Net {m.unet_channels}, VAE "
+        f"{m.vae_layers}×{m.vae_features}, precision {args.precision}; {args.warmup} warm-up "
+        f"and {args.iterations} timed iterations per path (infer + backward + clip + Adam).",
+        "",
+        "| path | ms / iteration | iterations / s | images / s | GFLOP / iteration (est.) "
+        "| GFLOP/s (est.) | speed-up | last loss |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for timing, total in ((fast, flops.fast_iteration), (ref, flops.reference_iteration)):
+        speedup = ref.seconds_per_iteration / timing.seconds_per_iteration
+        lines.append(
+            f"| {timing.path} | {1000 * timing.seconds_per_iteration:.1f} "
+            f"| {timing.iterations_per_second:.2f} "
+            f"| {args.batch * timing.iterations_per_second:.1f} | {total / 1e9:.3f} "
+            f"| {total * timing.iterations_per_second / 1e9:.2f} | {speedup:.2f}× "
+            f"| {timing.loss:.1f} |"
+        )
+    lines += [
+        "",
+        "FLOPs per iteration (torch.utils.flop_counter.FlopCounterMode, forward passes only):",
+        "",
+        "| pass | GFLOP |",
+        "|---|---:|",
+        f"| fast: competition, all K experts, no grad | {flops.competition / 1e9:.3f} |",
+        f"| fast: winners' forward, with grad | {flops.winners / 1e9:.3f} |",
+        f"| fast: winners' backward (estimated: 2× their forward) | "
+        f"{2 * flops.winners / 1e9:.3f} |",
+        f"| reference: forward, every expert with grad | {flops.reference_forward / 1e9:.3f} |",
+        f"| reference: backward (estimated: 2× its forward) | "
+        f"{2 * flops.reference_forward / 1e9:.3f} |",
+        "",
+        "Backward FLOPs are estimates: FlopCounterMode's count for the backward of grouped "
+        "convolutions can be wrong, so it is not used.",
+        "",
+        "Machine:",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
+    lines += [f"| {key} | {value} |" for key, value in machine_info(device)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    config = build_config(args)
+    images = make_images(config, args.batch, args.seed, device)
+    timings = [time_path(config, images, reference, args, device) for reference in (False, True)]
+    flops = count_flops(config, images, args, device)
+    text = report(config, args, device, timings, flops)
+    print(text, end="")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
