@@ -45,7 +45,7 @@ def test_renders_are_balanced_single_objects_on_black() -> None:
 
 
 def test_small_budget_reaches_high_held_out_accuracy() -> None:
-    model = train_classifier(32, n_train=1000, epochs=5, n_test=400, seed=0)
+    model = train_classifier(32, n_train=400, epochs=5, batch_size=16, n_test=400, seed=0)
     assert model.accuracy is not None and model.accuracy > 0.9
     assert classifier_accuracy(model, n=400, seed=12345) > 0.9
     assert model.info["train_seconds"] > 0

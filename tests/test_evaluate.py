@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,15 @@ from econ_scenes.scene import SceneModel
 from econ_scenes.types import Decomposition
 
 SIZE = 16
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """The models here are tiny; several OpenMP threads only slow them down on a busy CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +292,7 @@ def test_cli_rejects_data_of_the_wrong_size(
     run_dir: Path, small_scenes_npz: Path, tmp_path: Path
 ) -> None:
     result = _econ(str(run_dir), "--data", str(small_scenes_npz), "--out", str(tmp_path / "o"),
-                   "--no-generation", cache=tmp_path)
+                   "--no-generation", "--threads", "1", cache=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "16×16" in lines[0]
@@ -301,7 +311,8 @@ def test_cli_writes_the_report(
     save_classifier(tiny_classifier, classifier_path(SIZE, tmp_path / "cache"))
     out = tmp_path / "out"
     result = _econ(str(run_dir), "--data", str(data), "--out", str(out), "--n", "8",
-                   "--n-steps", "3", "--seed", "1", "--no-progress", cache=tmp_path / "cache")
+                   "--n-steps", "3", "--seed", "1", "--no-progress", "--threads", "1",
+                   cache=tmp_path / "cache")
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_scenes"] == 8 and metrics["n_steps"] == 3

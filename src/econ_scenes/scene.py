@@ -122,12 +122,24 @@ class SceneModel:
 
     @torch.no_grad()
     def decompose(self, images: np.ndarray | Tensor, *, n_steps: int | None = None,
+                  regions: np.ndarray | Tensor | None = None,
                   batch_size: int = 64) -> Decomposition:
-        """Explain scenes front to back: uint8 (N, H, W, 3) or float (N, 3, H, W) in [0, 1]."""
+        """Explain scenes front to back: uint8 (N, H, W, 3) or float (N, 3, H, W) in [0, 1].
+
+        regions: (N, T, H, W) visible regions front first to use instead of attention (a model
+        trained with ``--gt-masks``).
+        """
         tensor = as_image_tensor(images, self.image_size)
+        given = None if regions is None else torch.as_tensor(np.asarray(regions), dtype=torch.float32)
+        if given is not None and (given.ndim != 4 or given.shape[0] != len(tensor)):
+            raise EconError(f"regions must be (N, T, H, W) for N={len(tensor)} images, "
+                            f"got {tuple(given.shape)}")
+        steps = n_steps if given is None else given.shape[1]
         parts = [
-            self.model.infer(tensor[i : i + batch_size].to(self.device), stochastic=False,
-                             n_steps=n_steps).decomposition.to("cpu")
+            self.model.infer(
+                tensor[i : i + batch_size].to(self.device), stochastic=False, n_steps=steps,
+                gt_regions=None if given is None else given[i : i + batch_size].to(self.device),
+            ).decomposition.to("cpu")
             for i in range(0, len(tensor), batch_size)
         ]
         return Decomposition(**{

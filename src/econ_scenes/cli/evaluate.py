@@ -60,6 +60,10 @@ def evaluate_command(
     ] = True,
     seed: Annotated[int, typer.Option(help="Seed of sampling and bootstrap.")] = 0,
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads for torch (1 is often fastest on a busy machine)."),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Evaluate decomposition (ARI, mIoU, amodal IoU, depth, counts, specialisation) and
@@ -72,6 +76,12 @@ def evaluate_command(
         raise EconError(f"--n must be >= 1, got {n}")
     if n_steps is not None and n_steps < 1:
         raise EconError(f"--n-steps must be >= 1, got {n_steps}")
+    if threads is not None:
+        if threads < 1:
+            raise EconError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
     if out.exists() and not out.is_dir():
         raise EconError(f"--out {out} exists and is not a directory")
     scenes = load_scenes(data)

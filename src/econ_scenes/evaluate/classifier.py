@@ -17,7 +17,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +34,12 @@ from tqdm import tqdm
 
 from econ_scenes.data.generator import CLASS_NAMES, OBJECT_CLASSES, SceneSpec, generate
 from econ_scenes.errors import EconError
-from econ_scenes.train.checkpoint import atomic_write
 
 __all__ = [
     "CACHE_ENV",
     "CLASSIFIER_VERSION",
     "ShapeClassifier",
+    "atomic_write",
     "cache_directory",
     "classifier_accuracy",
     "classifier_path",
@@ -62,6 +65,18 @@ NOISE = 0.04
 
 
 # --------------------------------------------------------------------------- the network
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread: this network is tiny, and on a busy CPU several OpenMP threads
+    make it tens of times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class ShapeClassifier(nn.Module):
@@ -136,10 +151,11 @@ class ShapeClassifier(nn.Module):
         self.eval()
         device = next(self.parameters()).device
         try:
-            outputs = [
-                (self.embed if features else self.forward)(tensor[i : i + batch_size].to(device))
-                for i in range(0, len(tensor), batch_size)
-            ]
+            with one_thread():
+                outputs = [
+                    (self.embed if features else self.forward)(tensor[i : i + batch_size].to(device))
+                    for i in range(0, len(tensor), batch_size)
+                ]
         finally:
             self.train(was_training)
         if not outputs:
@@ -228,7 +244,7 @@ def train_classifier(
         raise EconError(f"epochs must be >= 1, got {epochs}")
     start = time.perf_counter()
     images, labels = render_shape_dataset(size, n_train, seed)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), one_thread():
         torch.manual_seed(seed)
         model = ShapeClassifier(size)
         generator = torch.Generator().manual_seed(seed)
@@ -279,6 +295,19 @@ def classifier_accuracy(classifier: ShapeClassifier, n: int = 1000, seed: int = 
 
 
 # --------------------------------------------------------------------------- cache
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then ``os.replace`` it there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def cache_directory(cache_dir: Path | str | None = None) -> Path:
