@@ -14,8 +14,6 @@ on dark objects and backgrounds.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from torch import Tensor
 
 from econ_scenes.data import Scenes, SceneSpec, generate
 from econ_scenes.errors import EconError
+from econ_scenes.io import atomic_write
 from econ_scenes.types import Composition, Decomposition
 
 if TYPE_CHECKING:
@@ -440,23 +439,9 @@ def fig8_ood_decompositions(images: Array, decomposition: Decomposition,
 
 # --- files ----------------------------------------------------------------------------------
 def save(figure: Figure, path: Path | str) -> Path:
-    """Write ``figure`` as a PNG atomically (temporary file beside ``path``, then os.replace)."""
+    """Write ``figure`` as a PNG atomically."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        raise EconError(f"cannot write figure to {path}: {error.strerror or error}") from error
-    tmp = Path(name)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            figure.savefig(file, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp creates the file private
-        os.replace(tmp, path)
-    except OSError as error:
-        raise EconError(f"cannot write figure to {path}: {error.strerror or error}") from error
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
     return path
 
 

@@ -22,8 +22,9 @@ from torch import Tensor
 
 from econ_scenes.config import RunConfig, override
 from econ_scenes.errors import EconError
+from econ_scenes.io import atomic_write
 from econ_scenes.model import ECON
-from econ_scenes.train.checkpoint import atomic_write, load_model, save_model
+from econ_scenes.train.checkpoint import load_model, save_model
 from econ_scenes.types import Composition, Decomposition
 
 PRIOR_FILE = "prior.json"

@@ -70,7 +70,7 @@ def _check_images(images: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _save_npz(out: Path, arrays: dict[str, np.ndarray]) -> Path:
-    from econ_scenes.train.checkpoint import atomic_write
+    from econ_scenes.io import atomic_write
 
     out = out if out.suffix == ".npz" else out.with_suffix(".npz")
 

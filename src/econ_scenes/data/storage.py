@@ -39,6 +39,7 @@ from econ_scenes.data.generator import (
     check_content,
 )
 from econ_scenes.errors import EconError
+from econ_scenes.io import atomic_write
 
 FORMAT = "econ-scenes/1"
 ARRAY_NAMES = tuple(ARRAY_DTYPES)
@@ -115,15 +116,11 @@ def check_output_path(path: Path | str) -> None:
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray], metadata: str) -> None:
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as file:
             np.savez(file, **arrays, **{SPEC_NAME: np.array(metadata)})
-        os.chmod(tmp_name, 0o644)  # mkstemp creates the file private
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def _save_folder(path: Path, arrays: dict[str, np.ndarray], metadata: str) -> None:

@@ -17,9 +17,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from tqdm import tqdm
 
 from econ_scenes.data.generator import CLASS_NAMES, OBJECT_CLASSES, SceneSpec, generate
 from econ_scenes.errors import EconError
+from econ_scenes.io import atomic_write
 
 __all__ = [
     "CACHE_ENV",
@@ -295,19 +295,6 @@ def classifier_accuracy(classifier: ShapeClassifier, n: int = 1000, seed: int = 
 
 
 # --------------------------------------------------------------------------- cache
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then ``os.replace`` it there."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def cache_directory(cache_dir: Path | str | None = None) -> Path:

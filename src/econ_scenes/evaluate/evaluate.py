@@ -29,7 +29,6 @@ from tqdm import tqdm
 
 from econ_scenes.data.generator import CLASS_NAMES, Scenes
 from econ_scenes.errors import EconError
-from econ_scenes.evaluate.classifier import atomic_write
 from econ_scenes.evaluate.metrics import (
     MatchResult,
     amodal_iou,
@@ -49,6 +48,7 @@ from econ_scenes.evaluate.metrics import (
     specialisation,
     valid_layers,
 )
+from econ_scenes.io import atomic_write
 from econ_scenes.types import Decomposition
 
 if TYPE_CHECKING:

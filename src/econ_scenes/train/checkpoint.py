@@ -10,9 +10,6 @@ interrupted write never leaves a broken file behind.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from econ_scenes.config import RunConfig
 from econ_scenes.errors import EconError
+from econ_scenes.io import atomic_write
 from econ_scenes.model import ECON
 
 CHECKPOINT = "checkpoint.pt"
@@ -29,19 +27,6 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 RUN_INFO = "run.json"
 FORMAT_VERSION = 1
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_json(path: Path, data: dict[str, Any]) -> None:
