@@ -40,8 +40,21 @@ class ModelConfig:
     # score_k = (λ Σ L_x + Σ L_r + scope_cost Σ s(1 - r̃_k)) / D  (per-pixel mean over the image).
     competition_lambda: float = 1.0
     competition_temperature: float = 0.3
+    # Annealing: τ starts at competition_temperature_start and decays geometrically to
+    # competition_temperature over competition_anneal_iterations (0 = no annealing). Early
+    # exploration lets every expert win, and learn, before the competition sharpens.
+    competition_temperature_start: float = 0.0
+    competition_anneal_iterations: int = 0
     competition_scope_cost: float = 3.0
     attention_bias: float = -3.0
+
+    def temperature(self, iteration: int) -> float:
+        """Competition temperature τ at a training iteration (geometric annealing)."""
+        start, end = self.competition_temperature_start, self.competition_temperature
+        steps = self.competition_anneal_iterations
+        if start <= 0 or steps <= 0 or iteration >= steps:
+            return end
+        return start * (end / start) ** (iteration / steps)
 
     def validate(self) -> None:
         if self.n_experts < 1:
@@ -68,6 +81,9 @@ class ModelConfig:
         for name in ("sigma_x", "competition_temperature"):
             if not getattr(self, name) > 0:
                 raise EconError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.competition_temperature_start < 0 or self.competition_anneal_iterations < 0:
+            raise EconError("competition_temperature_start and competition_anneal_iterations "
+                            "must be >= 0")
         for name in ("beta", "gamma", "competition_lambda", "competition_scope_cost"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:

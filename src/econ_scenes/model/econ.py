@@ -84,6 +84,7 @@ class ECON(nn.Module):
         gt_regions: Tensor | None = None,
         reference: bool = False,
         n_steps: int | None = None,
+        temperature: float | None = None,
     ) -> Inference:
         """Decompose images (B, 3, H, W) in [0, 1] front to back.
 
@@ -91,7 +92,8 @@ class ECON(nn.Module):
         best-scoring expert. gt_regions: (B, T, H, W) visible regions front first, used instead
         of attention (the single-expert MONet extension trained on ground truth).
         n_steps: number of inference steps T (default: the configured T; more steps decompose
-        scenes with more objects than seen in training).
+        scenes with more objects than seen in training). temperature: competition τ (default:
+        the configured one; training passes the annealed value).
         """
         self.check_images(images)
         cfg = self.config
@@ -114,8 +116,9 @@ class ECON(nn.Module):
                 given = log_scope
             elif gt_regions is not None:
                 given = gt_regions[:, t : t + 1].clamp_min(0).log().clamp_min(LOG_FLOOR)
-            chosen, terms, winner, score = self._step(images, log_scope, given, stochastic,
-                                                      reference)
+            chosen, terms, winner, score = self._step(
+                images, log_scope, given, stochastic, reference,
+                cfg.competition_temperature if temperature is None else temperature)
             step_total = terms.total(cfg.beta, cfg.gamma).mean()
             loss = loss + step_total
             for name in totals:
@@ -140,7 +143,7 @@ class ECON(nn.Module):
 
     def _step(
         self, images: Tensor, log_scope: Tensor, given: Tensor | None, stochastic: bool,
-        reference: bool,
+        reference: bool, temperature: float,
     ) -> tuple[Proposal, StepLosses, Tensor, Tensor]:
         """One inference step → winner's proposal (B, 1, ...), its losses (B, 1), winner (B,),
         competition scores (B, K)."""
@@ -166,7 +169,7 @@ class ECON(nn.Module):
         losses = step_losses(images, proposals, cfg.sigma_x)
         score = competition_score(losses, proposals, cfg.competition_lambda,
                                   cfg.competition_scope_cost).detach()
-        winner = choose_winner(score, cfg.competition_temperature, gumbel)
+        winner = choose_winner(score, temperature, gumbel)
         if reference or not track:
             chosen = proposals.select(winner)
             rows = torch.arange(batch, device=device)

@@ -286,7 +286,8 @@ def _loop(
                 group["lr"] = schedule.lr
             images, gt = data.batch(iteration)
             with autocast(data.device, tc.precision):
-                out = model.infer(images, stochastic=True, gt_regions=gt)
+                out = model.infer(images, stochastic=True, gt_regions=gt,
+                                  temperature=config.model.temperature(iteration))
             if not torch.isfinite(out.loss):
                 raise EconError(f"loss became {out.loss.item()} at iteration {iteration}: the "
                                 "run diverged (try a lower --lr)")
@@ -338,6 +339,7 @@ def _log_train(writer: SummaryWriter, out: Any, iteration: int, lr: float,
     for name, value in out.terms.items():
         writer.add_scalar(f"train/{name}", float(value), iteration)
     writer.add_scalar("train/lr", lr, iteration)
+    writer.add_scalar("train/temperature", config.model.temperature(iteration), iteration)
     rates = win_rates(out.decomposition.winner, config.model.n_experts)
     for t, row in enumerate(rates):
         for k, rate in enumerate(row):

@@ -1,0 +1,59 @@
+"""Ship a trained run as ``pretrained/<name>``: config, weights (safetensors), prior and how it
+was trained (iterations, minutes, machine). Then run ``econ evaluate`` into the same folder.
+
+    python benchmarks/export_pretrained.py runs/quick unique
+    econ evaluate pretrained/unique --data data/unique-test.npz --out pretrained/unique
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+from pathlib import Path
+
+import torch
+
+from econ_scenes.train.checkpoint import load_checkpoint
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    cores = torch.get_num_threads()
+    return (f"{cpu}, {cores} threads, {torch.backends.cpu.get_cpu_capability()}, "
+            f"torch {torch.__version__}, {platform.system()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("name")
+    parser.add_argument("--root", type=Path, default=Path("pretrained"))
+    parser.add_argument("--hardware", default=None, help="override the machine description")
+    args = parser.parse_args()
+    target = args.root / args.name
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "model.safetensors", "prior.json"):
+        if (args.run / name).exists():
+            shutil.copy2(args.run / name, target / name)
+    state = load_checkpoint(args.run)
+    run_info = json.loads((args.run / "run.json").read_text())
+    info = {
+        "iterations": int(state["iteration"]),
+        "minutes": round(float(state["minutes"]), 2),
+        "hardware": args.hardware or machine(),
+        "data": Path(run_info["data"]).name,
+    }
+    (target / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(f"exported {args.run} → {target}: {info}")
+
+
+if __name__ == "__main__":
+    main()

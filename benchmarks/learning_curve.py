@@ -1,0 +1,84 @@
+"""Learning curve of a run: FG-ARI, ARI and AMI(expert, class) against wall-clock minutes.
+
+Reads the weight snapshots a run keeps (``econ train ... --set train.snapshot_every=100``),
+evaluates each on freshly generated test scenes (a seed the training data did not use) and
+writes ``<out>.json`` (the data) and ``<out>.png`` (the plot).
+
+    python benchmarks/learning_curve.py runs/quick --out benchmarks/results/learning_curve_quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from econ_scenes.data import SceneSpec, generate
+from econ_scenes.evaluate.evaluate import decomposition_metrics
+from econ_scenes.scene import SceneModel
+
+
+def snapshot_points(run: Path, scenes_seed: int, n: int) -> list[dict[str, float]]:
+    model = SceneModel.load(run)
+    spec = SceneSpec.preset("unique", size=model.image_size)
+    scenes = generate(spec, n, seed=scenes_seed)
+    points = []
+    for path in sorted((run / "snapshots").glob("iter_*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata()
+            weights = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+        model.model.load_state_dict(weights)
+        metrics = decomposition_metrics(model.decompose(scenes.images), scenes,
+                                        n_experts=model.n_experts)
+        points.append({
+            "iteration": int(meta["iteration"]), "minutes": float(meta["minutes"]),
+            "fg_ari": metrics["segmentation"]["fg_ari"]["mean"],
+            "ari": metrics["segmentation"]["ari"]["mean"],
+            "ami": metrics["specialisation"]["ami"],
+            "amodal_iou": metrics["amodal"]["iou"]["mean"],
+        })
+        print(json.dumps(points[-1]))
+    return points
+
+
+def plot(points: list[dict[str, float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    minutes = [p["minutes"] for p in points]
+    for key, label in [("fg_ari", "FG-ARI"), ("ami", "AMI(expert, class)"),
+                       ("amodal_iou", "amodal IoU")]:
+        ax.plot(minutes, [p[key] for p in points], marker="o", ms=3, label=label)
+    ax.axhline(0.9, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("training wall time (minutes)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="output path without suffix")
+    parser.add_argument("--n", type=int, default=300, help="test scenes")
+    parser.add_argument("--seed", type=int, default=777)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    points = snapshot_points(args.run, args.seed, args.n)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(points, indent=1) + "\n")
+    plot(points, args.out.with_suffix(".png"), f"{args.run.name}: unique colours, "
+         f"{args.n} test scenes")
+
+
+if __name__ == "__main__":
+    main()

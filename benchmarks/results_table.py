@@ -1,0 +1,59 @@
+"""Regenerate the README's results table from the committed ``pretrained/*/metrics.json``.
+
+    python benchmarks/results_table.py            # rewrites the block between the markers
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+COLUMNS = [
+    ("FG-ARI", ("headline", "fg_ari")), ("ARI", ("headline", "ari")),
+    ("mIoU", ("headline", "miou")), ("amodal IoU", ("headline", "amodal_iou")),
+    ("occluded IoU", ("headline", "occluded_iou")), ("AMI", ("headline", "ami")),
+    ("samples → class", ("headline", "sample_class_accuracy")),
+]
+
+
+def _value(metrics: dict, path: tuple[str, ...]) -> str:
+    node = metrics
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return "–"
+        node = node[key]
+    if isinstance(node, dict):
+        node = node.get("mean")
+    return "–" if node is None else f"{node:.3f}"
+
+
+def table(root: Path) -> str:
+    header = ["model", "image", "scenes", *[c for c, _ in COLUMNS], "training"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for folder in sorted(p for p in root.iterdir() if (p / "metrics.json").exists()):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        info_path = folder / "training.json"
+        info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        training = (f"{info.get('iterations', '?')} it, {info.get('minutes', '?')} min, "
+                    f"{info.get('hardware', '?')}")
+        row = [f"`{folder.name}`", f"{metrics.get('image_size', '?')}²",
+               str(metrics.get("n_scenes", "?")), *[_value(metrics, p) for _, p in COLUMNS],
+               training]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    readme = Path("README.md")
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"README.md has no {BEGIN} … {END} block")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{BEGIN}\n{table(Path('pretrained'))}\n{END}{tail}")
+    print(table(Path("pretrained")))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Configuration: presets, overrides, round trips and the competition temperature schedule."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from econ_scenes.config import PRESETS, ModelConfig, RunConfig, override, preset
+from econ_scenes.errors import EconError
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_are_valid_and_round_trip(name: str, tmp_path: Path) -> None:
+    config = preset(name).validate()
+    config.save(tmp_path / "config.json")
+    assert RunConfig.load(tmp_path / "config.json") == config
+
+
+def test_paper_presets_follow_appendix_c4() -> None:
+    unique, random = preset("paper-unique").model, preset("paper-random").model
+    assert (unique.latent_dim, unique.vae_layers, unique.vae_features) == (2, 4, 32)
+    assert (unique.beta, unique.gamma) == (9.54, 0.52)
+    assert (random.latent_dim, random.vae_layers, random.vae_features) == (5, 3, 32)
+    assert (random.beta, random.gamma, random.competition_lambda) == (1.0, 3.26, 0.0)
+    assert unique.n_experts == random.n_experts == 4 and unique.n_steps == 4
+    assert preset("paper-unique").train.lr == 5e-4 and preset("paper-unique").train.batch_size == 32
+
+
+def test_override_and_errors(tmp_path: Path) -> None:
+    config = override(preset("quick"), {"model.beta": 2.0, "train.frozen_experts": [1, 2]})
+    assert config.model.beta == 2.0 and config.train.frozen_experts == (1, 2)
+    with pytest.raises(EconError, match="unknown config field"):
+        override(preset("quick"), {"model.nope": 1})
+    with pytest.raises(EconError, match="unknown preset"):
+        preset("paper-nope")
+    with pytest.raises(EconError, match="frozen expert 7"):
+        override(preset("quick"), {"train.frozen_experts": (7,)})
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(EconError, match="corrupt"):
+        RunConfig.load(tmp_path / "bad.json")
+    (tmp_path / "partial.json").write_text(json.dumps({"model": {}}))
+    with pytest.raises(EconError, match="malformed"):
+        RunConfig.load(tmp_path / "partial.json")
+
+
+def test_temperature_anneals_geometrically_then_stays() -> None:
+    model = dataclasses.replace(ModelConfig(), competition_temperature=0.25,
+                                competition_temperature_start=4.0,
+                                competition_anneal_iterations=100)
+    assert model.temperature(0) == pytest.approx(4.0)
+    assert model.temperature(50) == pytest.approx(1.0)  # geometric midpoint of 4 and 0.25
+    assert model.temperature(100) == pytest.approx(0.25)
+    assert model.temperature(10_000) == pytest.approx(0.25)
+    assert ModelConfig(competition_temperature=0.3).temperature(0) == 0.3  # no annealing
+    with pytest.raises(EconError, match="competition_temperature_start"):
+        dataclasses.replace(model, competition_temperature_start=-1.0).validate()
