@@ -189,7 +189,7 @@ def test_save_writes_atomically(tmp_path: Path) -> None:
     path = F.save(figure, tmp_path / "a" / "grid.png")
     assert imread(path).ndim == 3 and [p.name for p in path.parent.iterdir()] == ["grid.png"]
     (tmp_path / "file").write_text("")
-    with pytest.raises(EconError, match="cannot write .*grid.png"):
+    with pytest.raises(EconError, match=r"cannot write .*grid\.png"):
         F.save(figure, tmp_path / "file" / "grid.png")
 
 
