@@ -197,7 +197,8 @@ PRESETS: dict[str, RunConfig] = {
     "quick": RunConfig(
         model=ModelConfig(image_size=32, latent_dim=2, vae_layers=3, vae_features=16,
                           unet_channels=(16, 32, 32, 32), unet_mlp_hidden=64,
-                          beta=1.0, gamma=1.0, competition_lambda=1.0),
+                          beta=1.0, gamma=1.0, competition_lambda=1.0,
+                          competition_temperature_start=2.0, competition_anneal_iterations=800),
         train=TrainConfig(lr=1e-3, eval_every=100, max_iterations=3000),
         preset="quick",
     ),
