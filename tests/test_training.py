@@ -326,3 +326,32 @@ def test_cli_bad_config_prints_one_error_line(tmp_path: Path, tiny_scenes_npz: P
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error:") and "n_steps" in lines[0]
     assert not out.exists()
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path: Path, tiny_scenes_npz: Path) -> None:
+    """A scheduler's SIGTERM is handled like Ctrl-C: the checkpoint is written, resume works."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "econ_scenes", "train", "--data", str(tiny_scenes_npz),
+               "--out", str(run), "--preset", "quick", "--no-progress",
+               "--set", "model.image_size=16", "--set", "model.unet_channels=(4, 8)",
+               "--set", "model.vae_layers=2", "--set", "model.vae_features=4",
+               "--set", "train.batch_size=2", "--set", "train.n_val=8",
+               "--set", "train.checkpoint_every=100000"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                               env={"OMP_NUM_THREADS": "1", "PATH": ""})
+    deadline = time.monotonic() + 120
+    while not (run / "tb").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2.0)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2, stderr
+    assert "checkpoint saved" in stderr
+    assert (run / "checkpoint.pt").is_file()
+    result = train(run, resume=True, budget={"max_iterations": 1}, progress=False)
+    assert result.iterations >= 1

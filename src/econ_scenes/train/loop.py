@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -266,6 +269,23 @@ def _checkpoint(run_dir: Path, model: ECON, optimiser: torch.optim.Optimizer, sc
     })
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (a scheduler's or `kill`'s stop) like Ctrl-C: checkpoint, then stop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _loop(
     run_dir: Path, config: RunConfig, model: ECON, optimiser: torch.optim.Optimizer,
     schedule: Plateau, data: TrainingData, iteration: int, minutes: float, progress: bool,
@@ -273,10 +293,21 @@ def _loop(
     tc = config.train
     writer = SummaryWriter(str(run_dir / "tb"), purge_step=iteration or None)
     start = time.monotonic() - minutes * 60
-    stop_reason = ""
     bar = tqdm(total=tc.max_iterations, initial=iteration, disable=not progress,
                desc="train", unit="it", dynamic_ncols=True)
     model.train()
+    with _terminate_as_interrupt():
+        return _iterate(run_dir, config, model, optimiser, schedule, data, iteration, minutes,
+                        writer, bar, start)
+
+
+def _iterate(
+    run_dir: Path, config: RunConfig, model: ECON, optimiser: torch.optim.Optimizer,
+    schedule: Plateau, data: TrainingData, iteration: int, minutes: float,
+    writer: SummaryWriter, bar: tqdm, start: float,
+) -> TrainResult:
+    tc = config.train
+    stop_reason = ""
     try:
         while not stop_reason:
             if iteration >= tc.max_iterations:
