@@ -45,14 +45,10 @@ def small_scenes_npz(
 def torch_one_thread() -> Iterator[None]:
     """Run a test on one intra-op thread: tiny models are slower on two threads, and much slower
     when another process is using the other core (OpenMP threads then wait on each other)."""
-    import torch
+    from econ_scenes.threads import one_thread
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

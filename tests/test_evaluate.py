@@ -33,6 +33,7 @@ from econ_scenes.evaluate.evaluate import (
 )
 from econ_scenes.model import ECON
 from econ_scenes.scene import SceneModel
+from econ_scenes.threads import one_thread
 from econ_scenes.types import Decomposition
 
 SIZE = 16
@@ -41,10 +42,8 @@ SIZE = 16
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread() -> Iterator[None]:
     """The models here are tiny; several OpenMP threads only slow them down on a busy CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from econ_scenes.data import Scenes, SceneSpec, generate, save_scenes
 from econ_scenes.errors import EconError
 from econ_scenes.model import ECON
 from econ_scenes.scene import SceneModel
+from econ_scenes.threads import one_thread
 
 SIZE = 16
 TINY = {"model.image_size": SIZE, "model.unet_channels": (4, 8, 8), "model.vae_layers": 2,
@@ -36,10 +37,8 @@ TINY = {"model.image_size": SIZE, "model.unet_channels": (4, 8, 8), "model.vae_l
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread() -> Iterator[None]:
     """Tiny models run fastest on one thread (and the CPUs are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 def tiny_model(n_experts: int = 4, seed: int = 0) -> SceneModel:

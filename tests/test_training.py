@@ -22,6 +22,7 @@ from econ_scenes.config import ModelConfig, RunConfig, TrainConfig
 from econ_scenes.data import load_scenes
 from econ_scenes.errors import EconError
 from econ_scenes.model import ECON
+from econ_scenes.threads import one_thread
 from econ_scenes.train import load_model, train
 from econ_scenes.train import loop as loop_module
 from econ_scenes.train.checkpoint import load_checkpoint
@@ -59,14 +60,10 @@ def finished_run(
     tmp_path_factory: pytest.TempPathFactory, tiny_scenes_npz: Path, tiny_model_config: ModelConfig
 ) -> Iterator[Path]:
     """An uninterrupted run of ITERATIONS iterations (evaluated every 2, images at the end)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("runs") / "uninterrupted"
-    try:
+    with one_thread():
         result = train(run_dir, config=tiny_run_config(tiny_model_config), data=tiny_scenes_npz,
                        budget={"max_iterations": ITERATIONS}, progress=False)
-    finally:
-        torch.set_num_threads(previous)
     assert result.iterations == ITERATIONS and result.stop_reason == "max_iterations"
     yield run_dir
 

@@ -18,8 +18,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ from tqdm import tqdm
 from econ_scenes.data.generator import CLASS_NAMES, OBJECT_CLASSES, SceneSpec, generate
 from econ_scenes.errors import EconError
 from econ_scenes.io import atomic_write
+from econ_scenes.threads import one_thread
 
 __all__ = [
     "CACHE_ENV",
@@ -65,18 +64,6 @@ NOISE = 0.04
 
 
 # --------------------------------------------------------------------------- the network
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one thread: this network is tiny, and on a busy CPU several OpenMP threads
-    make it tens of times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 class ShapeClassifier(nn.Module):
