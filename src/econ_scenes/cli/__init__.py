@@ -1,4 +1,4 @@
-"""The ``econ`` command line: ``econ data|train|decompose|sample|compose|evaluate|figures|demo``.
+"""The ``econ`` command line: ``econ data|train|decompose|sample|compose|evaluate|figures|sweep|demo``.
 
 Each sub-module registers its commands on the one Typer app. Errors a user can cause
 (:class:`~econ_scenes.errors.EconError`, missing or unwritable files) print one line and exit 2.
@@ -25,7 +25,7 @@ def _register() -> None:
     from econ_scenes.cli import data as data_cli
 
     data_cli.register(app)
-    for name in ("train", "scene", "evaluate", "figures", "demo"):
+    for name in ("train", "scene", "evaluate", "figures", "sweep", "demo"):
         try:
             module = __import__(f"econ_scenes.cli.{name}", fromlist=["register"])
         except ModuleNotFoundError as error:

@@ -30,6 +30,9 @@ def train_command(
     data: Annotated[Path | None, typer.Option(help="Training scenes (.npz or folder).")] = None,
     out: Annotated[Path | None, typer.Option(help="New run directory.")] = None,
     preset: Annotated[str, typer.Option(help="paper-unique | paper-random | quick")] = "quick",
+    config_file: Annotated[Path | None, typer.Option(
+        "--config", help="Start from this run configuration (e.g. another run's config.json) "
+        "instead of --preset.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")] = None,
     val: Annotated[Path | None, typer.Option(help="Validation scenes (default: hold out the "
                                              "last n_val training scenes).")] = None,
@@ -49,7 +52,7 @@ def train_command(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train ECON (Adam, plateau schedule of Appendix C.3) and write a run directory."""
-    from econ_scenes.config import override
+    from econ_scenes.config import RunConfig, override
     from econ_scenes.config import preset as get_preset
     from econ_scenes.train import train
 
@@ -71,7 +74,8 @@ def train_command(
         }.items():
             if value is not None:
                 overrides[key] = value
-        config = override(get_preset(preset), overrides)
+        base = RunConfig.load(config_file) if config_file is not None else get_preset(preset)
+        config = override(base, overrides)
         result = train(out, config=config, data=data, val=val, budget=budget, progress=progress)
     typer.echo(f"stopped after {result.iterations} iterations ({result.stop_reason}), "
                f"{result.minutes:.1f} min; best validation loss {result.best_val_loss:.2f}; "

@@ -85,6 +85,7 @@ class ECON(nn.Module):
         reference: bool = False,
         n_steps: int | None = None,
         temperature: float | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> Inference:
         """Decompose images (B, 3, H, W) in [0, 1] front to back.
 
@@ -94,12 +95,17 @@ class ECON(nn.Module):
         n_steps: number of inference steps T (default: the configured T; more steps decompose
         scenes with more objects than seen in training). temperature: competition τ (default:
         the configured one; training passes the annealed value).
+        shard: (index, count) when these images are rows [index·B, (index+1)·B) of a batch of
+        count·B split over processes: the random draws are made for the whole batch and sliced,
+        so data-parallel training samples exactly what one process would on the whole batch.
         """
         self.check_images(images)
         cfg = self.config
         steps = cfg.n_steps if n_steps is None else n_steps
         if steps < 1:
             raise EconError(f"n_steps must be >= 1, got {steps}")
+        if not 0 <= shard[0] < shard[1]:
+            raise EconError(f"shard index must be in [0, count), got {shard}")
         batch, _, height, width = images.shape
         if gt_regions is not None and gt_regions.shape != (batch, steps, height, width):
             raise EconError(
@@ -118,7 +124,7 @@ class ECON(nn.Module):
                 given = gt_regions[:, t : t + 1].clamp_min(0).log().clamp_min(LOG_FLOOR)
             chosen, terms, winner, score = self._step(
                 images, log_scope, given, stochastic, reference,
-                cfg.competition_temperature if temperature is None else temperature)
+                cfg.competition_temperature if temperature is None else temperature, shard)
             step_total = terms.total(cfg.beta, cfg.gamma).mean()
             loss = loss + step_total
             for name in totals:
@@ -143,16 +149,18 @@ class ECON(nn.Module):
 
     def _step(
         self, images: Tensor, log_scope: Tensor, given: Tensor | None, stochastic: bool,
-        reference: bool, temperature: float,
+        reference: bool, temperature: float, shard: tuple[int, int],
     ) -> tuple[Proposal, StepLosses, Tensor, Tensor]:
         """One inference step → winner's proposal (B, 1, ...), its losses (B, 1), winner (B,),
         competition scores (B, K)."""
         cfg = self.config
         batch = images.shape[0]
         device = images.device
-        noise = (torch.randn(batch, cfg.n_experts, cfg.latent_dim, device=device)
-                 if stochastic else None)
-        gumbel = gumbel_noise((batch, cfg.n_experts), device) if stochastic else None
+        noise, gumbel = None, None
+        if stochastic:
+            rows = slice(shard[0] * batch, (shard[0] + 1) * batch)
+            noise = torch.randn(batch * shard[1], cfg.n_experts, cfg.latent_dim, device=device)[rows]
+            gumbel = gumbel_noise((batch * shard[1], cfg.n_experts), device)[rows]
         track = torch.is_grad_enabled()
         if reference:
             proposals = Proposal.cat([

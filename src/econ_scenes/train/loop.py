@@ -3,7 +3,8 @@
 Adam (lr 5e-4), batch 32, validation loss every 100 iterations, learning rate divided by √10
 after 5 evaluations without improvement, stop after 5 such decreases; plus iteration and
 wall-time budgets. Batches are drawn from a generator seeded by (seed, iteration) and the random
-state of the competition is checkpointed, so a resumed run continues exactly.
+state of the competition is checkpointed, so a resumed run continues exactly. Under ``torchrun``
+the same loop trains data-parallel (:mod:`econ_scenes.train.distributed`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from econ_scenes.train.checkpoint import (
     save_model,
     save_snapshot,
 )
+from econ_scenes.train.distributed import Cluster, wrap
 from econ_scenes.train.logging import log_images, win_rates
 
 
@@ -50,11 +52,8 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise EconError(f"device {name!r} requested but CUDA is not available")
-    return torch.device(name)
+    """auto | cpu | cuda[:i] → a device (auto: this process's GPU when there is one)."""
+    return Cluster.from_env().device(name)
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
@@ -84,17 +83,20 @@ def gt_regions_front_first(scenes: Scenes, n_steps: int) -> np.ndarray:
 
 
 class TrainingData:
-    """Train and validation scenes with deterministic batches."""
+    """Train and validation scenes with deterministic batches (this process's share of them)."""
 
-    def __init__(self, train: Scenes, val: Scenes, config: RunConfig, device: torch.device):
+    def __init__(self, train: Scenes, val: Scenes, config: RunConfig, device: torch.device,
+                 cluster: Cluster | None = None):
         self.train, self.val, self.config, self.device = train, val, config, device
+        self.cluster = cluster or Cluster()
+        self.rows = self.cluster.rows(config.train.batch_size)
 
     @classmethod
     def open(cls, data: Path, val: Path | None, config: RunConfig,
-             device: torch.device) -> TrainingData:
+             device: torch.device, cluster: Cluster | None = None) -> TrainingData:
         scenes = load_scenes(data)
         if val is not None:
-            return cls(scenes, load_scenes(val), config, device)
+            return cls(scenes, load_scenes(val), config, device, cluster)
         n_val = config.train.n_val
         if len(scenes) <= n_val:
             raise EconError(
@@ -102,16 +104,22 @@ class TrainingData:
                 "validation split (or pass --val)"
             )
         return cls(scenes.subset(slice(0, len(scenes) - n_val)),
-                   scenes.subset(slice(len(scenes) - n_val, len(scenes))), config, device)
+                   scenes.subset(slice(len(scenes) - n_val, len(scenes))), config, device,
+                   cluster)
 
     def batch(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This process's rows of the global batch of an iteration."""
         rng = np.random.default_rng([self.config.train.seed, iteration])
         index = np.sort(rng.integers(0, len(self.train), self.config.train.batch_size))
-        return self._tensors(self.train.subset(index))
+        return self._tensors(self.train.subset(index[self.rows]))
 
-    def validation_batches(self, size: int = 50) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        return [self._tensors(self.val.subset(slice(i, i + size)))
-                for i in range(0, len(self.val), size)]
+    def validation_batches(self, size: int = 50,
+                           shared: bool = False) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Validation scenes in batches; ``shared``: only this process's share of the batches."""
+        starts = list(range(0, len(self.val), size))
+        if shared:
+            starts = starts[self.cluster.rank :: self.cluster.world_size]
+        return [self._tensors(self.val.subset(slice(i, i + size))) for i in starts]
 
     def _tensors(self, scenes: Scenes) -> tuple[torch.Tensor, torch.Tensor | None]:
         images = images_to_tensor(scenes.images, self.device)
@@ -142,13 +150,15 @@ class Plateau:
 
 
 def validation_loss(model: ECON, data: TrainingData, precision: str) -> float:
+    """Mean loss per validation scene (deterministic inference), over all processes."""
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad(), autocast(data.device, precision):
-        for images, gt in data.validation_batches():
+        for images, gt in data.validation_batches(shared=True):
             total += model.infer(images, stochastic=False, gt_regions=gt).loss.item() * len(images)
             count += len(images)
     model.train()
+    total, count = data.cluster.sum([total, count], data.device)
     return total / count
 
 
@@ -184,22 +194,42 @@ def train(
     """Train a new run (config and data given) or resume one (``resume=True``).
 
     budget: overrides of ``max_iterations`` / ``max_minutes`` (e.g. to extend a resumed run).
+    Under ``torchrun`` every process calls this; rank 0 creates and writes the run directory.
     """
     run_dir = Path(run_dir)
+    cluster = Cluster.from_env()
     if resume:
         config = RunConfig.load(run_dir / CONFIG)
         info = _read_run_info(run_dir)
         data = Path(info["data"])
         val = None if info.get("val") is None else Path(info["val"])
-    else:
-        if config is None or data is None:
-            raise EconError("a new run needs a config and --data")
-        config = prepare_run(run_dir, config, data, val)
-    if budget:
-        config = override(config, {f"train.{k}": v for k, v in budget.items() if v is not None})
-        config.save(run_dir / CONFIG)
-    assert data is not None
-    device = resolve_device(config.train.device)
+    elif config is None or data is None:
+        raise EconError("a new run needs a config and --data")
+    device = cluster.device(config.train.device)
+    cluster.start(device)
+    try:
+        config = _open_run(run_dir, config, data, val, resume, budget, cluster)
+        return _train(run_dir, config, data, val, resume, cluster, device, progress)
+    finally:
+        cluster.stop()
+
+
+def _open_run(run_dir: Path, config: RunConfig, data: Path, val: Path | None, resume: bool,
+              budget: dict[str, Any] | None, cluster: Cluster) -> RunConfig:
+    """Rank 0 writes the run's config (new run, or a resumed one with a new budget); the
+    other processes read it once it is there."""
+    if cluster.is_main:
+        if not resume:
+            config = prepare_run(run_dir, config, data, val)
+        if budget:
+            config = override(config, {f"train.{k}": v for k, v in budget.items() if v is not None})
+            config.save(run_dir / CONFIG)
+    cluster.barrier()
+    return RunConfig.load(run_dir / CONFIG) if cluster.distributed else config
+
+
+def _train(run_dir: Path, config: RunConfig, data: Path, val: Path | None, resume: bool,
+           cluster: Cluster, device: torch.device, progress: bool) -> TrainResult:
     torch.manual_seed(config.train.seed)
     model = ECON(config.model).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.train.lr)
@@ -210,9 +240,19 @@ def train(
     elif config.train.init_from:
         _initialise(model, Path(config.train.init_from))
     model.freeze_experts(config.train.frozen_experts)
-    training_data = TrainingData.open(data, val, config, device)
-    return _loop(run_dir, config, model, optimiser, schedule, training_data, iteration, elapsed,
-                 progress)
+    session = _Session(
+        run_dir=run_dir, config=config, model=model, objective=wrap(model, cluster, device),
+        optimiser=optimiser, schedule=schedule,
+        data=TrainingData.open(data, val, config, device, cluster), cluster=cluster,
+        writer=(SummaryWriter(str(run_dir / "tb"), purge_step=iteration or None)
+                if cluster.is_main else None),
+        bar=tqdm(total=config.train.max_iterations, initial=iteration,
+                 disable=not (progress and cluster.is_main), desc="train", unit="it",
+                 dynamic_ncols=True),
+    )
+    model.train()
+    with _terminate_as_interrupt():
+        return session.run(iteration, elapsed)
 
 
 def _initialise(model: ECON, source: Path) -> None:
@@ -286,82 +326,105 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _loop(
-    run_dir: Path, config: RunConfig, model: ECON, optimiser: torch.optim.Optimizer,
-    schedule: Plateau, data: TrainingData, iteration: int, minutes: float, progress: bool,
-) -> TrainResult:
-    tc = config.train
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=iteration or None)
-    start = time.monotonic() - minutes * 60
-    bar = tqdm(total=tc.max_iterations, initial=iteration, disable=not progress,
-               desc="train", unit="it", dynamic_ncols=True)
-    model.train()
-    with _terminate_as_interrupt():
-        return _iterate(run_dir, config, model, optimiser, schedule, data, iteration, minutes,
-                        writer, bar, start)
+@dataclass
+class _Session:
+    """Everything one training process holds while it trains."""
 
+    run_dir: Path
+    config: RunConfig
+    model: ECON
+    objective: torch.nn.Module
+    optimiser: torch.optim.Optimizer
+    schedule: Plateau
+    data: TrainingData
+    cluster: Cluster
+    writer: SummaryWriter | None
+    bar: tqdm
 
-def _iterate(
-    run_dir: Path, config: RunConfig, model: ECON, optimiser: torch.optim.Optimizer,
-    schedule: Plateau, data: TrainingData, iteration: int, minutes: float,
-    writer: SummaryWriter, bar: tqdm, start: float,
-) -> TrainResult:
-    tc = config.train
-    stop_reason = ""
-    try:
-        while not stop_reason:
-            if iteration >= tc.max_iterations:
-                stop_reason = "max_iterations"
-                break
-            for group in optimiser.param_groups:
-                group["lr"] = schedule.lr
-            images, gt = data.batch(iteration)
-            with autocast(data.device, tc.precision):
-                out = model.infer(images, stochastic=True, gt_regions=gt,
-                                  temperature=config.model.temperature(iteration))
-            if not torch.isfinite(out.loss):
-                raise EconError(f"loss became {out.loss.item()} at iteration {iteration}: the "
-                                "run diverged (try a lower --lr)")
-            optimiser.zero_grad(set_to_none=True)
-            out.loss.backward()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimiser.step()
-            iteration += 1
-            minutes = (time.monotonic() - start) / 60
-            bar.update(1)
-            bar.set_postfix(loss=f"{out.loss.item():.1f}", lr=f"{schedule.lr:.1e}")
-            if iteration % 10 == 0:
-                _log_train(writer, out, iteration, schedule.lr, config)
-            if iteration % tc.eval_every == 0:
-                val_loss = validation_loss(model, data, tc.precision)
-                schedule.update(val_loss, tc.patience, tc.lr_decay)
-                writer.add_scalar("val/loss", val_loss, iteration)
-                writer.add_scalar("val/minutes", minutes, iteration)
-                bar.write(f"iteration {iteration}: validation loss {val_loss:.2f} "
-                          f"(best {schedule.best:.2f}, lr {schedule.lr:.1e})")
-                if schedule.decreases >= tc.max_lr_decreases:
-                    stop_reason = "converged (learning rate decreased "
-                    stop_reason += f"{schedule.decreases} times)"
-            if tc.image_every and iteration % tc.image_every == 0:
-                log_images(writer, model, data.validation_batches()[0][0][:8], iteration)
-            if tc.max_minutes and minutes >= tc.max_minutes:
-                stop_reason = "max_minutes"
-            if tc.snapshot_every and iteration % tc.snapshot_every == 0:
-                save_snapshot(run_dir, model, iteration, minutes)
-            if iteration % tc.checkpoint_every == 0 or stop_reason:
-                _checkpoint(run_dir, model, optimiser, schedule, iteration, minutes)
-    except KeyboardInterrupt:
-        _checkpoint(run_dir, model, optimiser, schedule, iteration, minutes)
-        bar.close()
-        writer.close()
-        raise EconError(f"interrupted at iteration {iteration}; checkpoint saved, continue with "
-                        f"`econ train --resume {run_dir}`") from None
-    bar.close()
-    _checkpoint(run_dir, model, optimiser, schedule, iteration, minutes)
-    save_model(run_dir, model, config)
-    writer.close()
-    return TrainResult(run_dir, iteration, schedule.best, stop_reason, minutes)
+    def run(self, iteration: int, minutes: float) -> TrainResult:
+        tc = self.config.train
+        start = time.monotonic() - minutes * 60
+        stop_reason = ""
+        try:
+            while not stop_reason:
+                if iteration >= tc.max_iterations:
+                    stop_reason = "max_iterations"
+                    break
+                out = self.step(iteration)
+                iteration += 1
+                minutes = self.cluster.from_main((time.monotonic() - start) / 60, self.data.device)
+                self.bar.update(1)
+                self.bar.set_postfix(loss=f"{out.loss.item():.1f}", lr=f"{self.schedule.lr:.1e}")
+                if self.writer is not None and iteration % 10 == 0:
+                    _log_train(self.writer, out, iteration, self.schedule.lr, self.config)
+                if iteration % tc.eval_every == 0:
+                    stop_reason = self.validate(iteration, minutes)
+                if tc.max_minutes and minutes >= tc.max_minutes:
+                    stop_reason = "max_minutes"
+                self.keep(iteration, minutes, final=bool(stop_reason))
+        except KeyboardInterrupt:
+            self.keep(iteration, minutes, final=True)
+            self.close()
+            raise EconError(f"interrupted at iteration {iteration}; checkpoint saved, continue "
+                            f"with `econ train --resume {self.run_dir}`") from None
+        self.keep(iteration, minutes, final=True)
+        if self.cluster.is_main:
+            save_model(self.run_dir, self.model, self.config)
+        self.close()
+        return TrainResult(self.run_dir, iteration, self.schedule.best, stop_reason, minutes)
+
+    def step(self, iteration: int) -> Any:
+        """One optimisation step on this process's share of the iteration's batch."""
+        tc = self.config.train
+        for group in self.optimiser.param_groups:
+            group["lr"] = self.schedule.lr
+        images, gt = self.data.batch(iteration)
+        with autocast(self.data.device, tc.precision):
+            loss, out = self.objective(images, gt, self.config.model.temperature(iteration),
+                                       self.cluster.shard)
+        if not torch.isfinite(loss):
+            raise EconError(f"loss became {loss.item()} at iteration {iteration}: the run "
+                            "diverged (try a lower --lr)")
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        self.optimiser.step()
+        return out
+
+    def validate(self, iteration: int, minutes: float) -> str:
+        """Validation loss and the plateau schedule; a stop reason once it has converged."""
+        tc = self.config.train
+        val_loss = validation_loss(self.model, self.data, tc.precision)
+        self.schedule.update(val_loss, tc.patience, tc.lr_decay)
+        if self.writer is not None:
+            self.writer.add_scalar("val/loss", val_loss, iteration)
+            self.writer.add_scalar("val/minutes", minutes, iteration)
+        if self.cluster.is_main:
+            self.bar.write(f"iteration {iteration}: validation loss {val_loss:.2f} "
+                           f"(best {self.schedule.best:.2f}, lr {self.schedule.lr:.1e})")
+        if self.schedule.decreases >= tc.max_lr_decreases:
+            return f"converged (learning rate decreased {self.schedule.decreases} times)"
+        return ""
+
+    def keep(self, iteration: int, minutes: float, final: bool) -> None:
+        """Images, snapshots and checkpoints when they are due (rank 0 only)."""
+        tc = self.config.train
+        if not self.cluster.is_main:
+            return
+        if self.writer is not None and tc.image_every and iteration % tc.image_every == 0:
+            log_images(self.writer, self.model, self.data.validation_batches()[0][0][:8],
+                       iteration)
+        if tc.snapshot_every and iteration % tc.snapshot_every == 0:
+            save_snapshot(self.run_dir, self.model, iteration, minutes)
+        if iteration % tc.checkpoint_every == 0 or final:
+            _checkpoint(self.run_dir, self.model, self.optimiser, self.schedule, iteration,
+                        minutes)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _log_train(writer: SummaryWriter, out: Any, iteration: int, lr: float,
