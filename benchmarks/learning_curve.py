@@ -21,17 +21,19 @@ from econ_scenes.evaluate.evaluate import decomposition_metrics
 from econ_scenes.scene import SceneModel
 
 
-def snapshot_points(run: Path, scenes_seed: int, n: int) -> list[dict[str, float]]:
+def snapshot_points(run: Path, preset: str, scenes_seed: int, n: int) -> list[dict[str, float]]:
     model = SceneModel.load(run)
-    spec = SceneSpec.preset("unique", size=model.image_size)
+    spec = SceneSpec.preset(preset, size=model.image_size)
     scenes = generate(spec, n, seed=scenes_seed)
+    # a model trained on ground-truth regions is given them (it is scored on its shapes)
+    regions = scenes.regions_front_first() if model.config.train.gt_masks else None
     points = []
     for path in sorted((run / "snapshots").glob("iter_*.safetensors")):
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata()
             weights = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
         model.model.load_state_dict(weights)
-        metrics = decomposition_metrics(model.decompose(scenes.images), scenes,
+        metrics = decomposition_metrics(model.decompose(scenes.images, regions=regions), scenes,
                                         n_experts=model.n_experts)
         points.append({
             "iteration": int(meta["iteration"]), "minutes": float(meta["minutes"]),
@@ -39,6 +41,8 @@ def snapshot_points(run: Path, scenes_seed: int, n: int) -> list[dict[str, float
             "ari": metrics["segmentation"]["ari"]["mean"],
             "ami": metrics["specialisation"]["ami"],
             "amodal_iou": metrics["amodal"]["iou"]["mean"],
+            "occluded_iou": metrics["amodal"]["occluded_iou"]["mean"],
+            "depth_accuracy": metrics["depth"]["pair_accuracy"],
         })
         print(json.dumps(points[-1]))
     return points
@@ -70,14 +74,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="output path without suffix")
     parser.add_argument("--n", type=int, default=300, help="test scenes")
     parser.add_argument("--seed", type=int, default=777)
+    parser.add_argument("--preset", default="unique", help="test scenes: unique | random")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    points = snapshot_points(args.run, args.seed, args.n)
+    points = snapshot_points(args.run, args.preset, args.seed, args.n)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(points, indent=1) + "\n")
-    plot(points, args.out.with_suffix(".png"), f"{args.run.name}: unique colours, "
-         f"{args.n} test scenes")
+    plot(points, args.out.with_suffix(".png"), f"{args.run.name}: {args.preset} colours, "
+         f"{args.n} test scenes (seed {args.seed})")
 
 
 if __name__ == "__main__":

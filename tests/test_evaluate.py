@@ -167,6 +167,21 @@ def test_evaluate_without_classifier_and_with_other_steps(
     assert metrics["segmentation"]["ari"]["n_scenes"] == 4
 
 
+def test_ground_truth_model_is_evaluated_on_given_regions(tiny_scenes: Scenes) -> None:
+    """A --gt-masks model (Fig. 5) is scored on the regions it was trained with: its (untrained)
+    attention is never used, so the segmentation is exact and only the shapes are measured."""
+    config = override(PRESETS["quick"], {
+        "model.image_size": SIZE, "model.unet_channels": (4, 8, 8), "model.vae_layers": 2,
+        "model.vae_features": 4, "model.n_experts": 1, "train.gt_masks": True})
+    torch.manual_seed(0)
+    single = SceneModel(ECON(config.model), config, run_dir=None)
+    metrics = evaluate(single, tiny_scenes.subset(slice(0, 4)), progress=False)
+    assert metrics["settings"]["regions"] == "ground truth"
+    assert metrics["headline"]["ari"] == pytest.approx(1.0)
+    assert metrics["headline"]["depth_accuracy"] == pytest.approx(1.0)
+    assert 0.0 <= metrics["headline"]["amodal_iou"] < 1.0
+
+
 def test_evaluate_rejects_scenes_of_another_size(tiny_model: SceneModel) -> None:
     scenes = generate(SceneSpec.preset("unique", size=32), 2, seed=0)
     with pytest.raises(EconError, match="16×16"):

@@ -231,6 +231,11 @@ class Scenes:
         """Visible regions, bool (N, L, H, W): disjoint and covering every pixel."""
         return visible_regions(np.asarray(self.shapes))
 
+    def regions_front_first(self) -> np.ndarray:
+        """Visible regions as float32 (N, L, H, W) in inference order (front layer first): the
+        regions given to a model trained with ground-truth masks."""
+        return np.ascontiguousarray(self.visible()[:, ::-1], dtype=np.float32)
+
     def subset(self, index: int | slice | np.ndarray | list[int]) -> Scenes:
         """Scenes selected by an int, a slice, integer indices or a boolean mask."""
         if _is_int(index):

@@ -184,10 +184,13 @@ def _check_scenes(scenes: Scenes, image_size: int) -> None:
 
 
 def decompose_scenes(scene_model: SceneModel, images: np.ndarray, *, n_steps: int | None = None,
-                     batch_size: int = 64, progress: bool = True) -> Decomposition:
-    """:meth:`SceneModel.decompose` batch by batch with a progress bar; results on the CPU."""
+                     regions: np.ndarray | None = None, batch_size: int = 64,
+                     progress: bool = True) -> Decomposition:
+    """:meth:`SceneModel.decompose` batch by batch with a progress bar; results on the CPU.
+    regions: visible regions (N, T, H, W) front first, given instead of attention."""
     parts = [
-        scene_model.decompose(images[start:stop], n_steps=n_steps, batch_size=batch_size)
+        scene_model.decompose(images[start:stop], n_steps=n_steps, batch_size=batch_size,
+                              regions=None if regions is None else regions[start:stop])
         for start, stop in _chunks(len(images), batch_size, progress, "decomposing")
     ]
     return Decomposition(**{f.name: torch.cat([getattr(p, f.name) for p in parts])
@@ -562,7 +565,11 @@ def evaluate(scene_model: SceneModel, scenes: Scenes, *, n_steps: int | None = N
     if n_steps is not None and n_steps < 1:
         raise EconError(f"n_steps must be >= 1, got {n_steps}")
     _check_scenes(scenes, scene_model.image_size)
-    decomposition = decompose_scenes(scene_model, scenes.images, n_steps=n_steps,
+    # A model trained on ground-truth regions (--gt-masks, Fig. 5) is evaluated the same way:
+    # given the visible regions, how well does it complete the full shapes?
+    given = scene_model.config.train.gt_masks
+    regions = scenes.regions_front_first() if given else None
+    decomposition = decompose_scenes(scene_model, scenes.images, n_steps=n_steps, regions=regions,
                                      batch_size=batch_size, progress=progress)
     metrics = decomposition_metrics(decomposition, scenes, n_experts=scene_model.n_experts,
                                     seed=seed)
@@ -573,6 +580,7 @@ def evaluate(scene_model: SceneModel, scenes: Scenes, *, n_steps: int | None = N
             decomposition=decomposition, n_generated=n_generated, n_samples=n_samples,
             n_composed=n_composed, seed=seed, progress=progress)
     metrics["settings"] = {"seed": seed, "n_steps": metrics["n_steps"],
+                           "regions": "ground truth" if given else "attention",
                            "n_generated": n_generated if classifier else None,
                            "n_samples": n_samples if classifier else None,
                            "n_composed": n_composed if classifier else None,

@@ -79,7 +79,7 @@ def gt_regions_front_first(scenes: Scenes, n_steps: int) -> np.ndarray:
             f"--gt-masks needs T equal to the number of layers ({scenes.shapes.shape[1]}), "
             f"got T={n_steps}"
         )
-    return scenes.visible()[:, ::-1].astype(np.float32)
+    return scenes.regions_front_first()
 
 
 class TrainingData:
