@@ -151,3 +151,18 @@ def test_worker_against_postgresql(tmp_path: Path, tiny_scenes_npz: Path) -> Non
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
     again = load_study(url, tmp_path / "elsewhere", name, create=False)
     assert len(again.get_trials()) == 2
+
+
+def test_cli_report(tmp_path: Path, tiny_scenes_npz: Path) -> None:
+    out = tmp_path / "sweep"
+    run_worker(settings(tiny_scenes_npz, out, trials=1, iterations=1))
+    shown = subprocess.run([sys.executable, "-m", "econ_scenes", "sweep", "--report", "unique",
+                            "--out", str(out)], capture_output=True, text=True, env=worker_env())
+    assert shown.returncode == 0, shown.stderr
+    assert "study unique: 1 complete" in shown.stdout and "trial-0000" in shown.stdout
+    missing = subprocess.run([sys.executable, "-m", "econ_scenes", "sweep", "--report", "nope"],
+                             capture_output=True, text=True, env=worker_env(), cwd=tmp_path)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        f"error: no sweep in {Path('sweeps') / 'nope'} (no optuna-journal.log); pass --out or "
+        "--storage"]
