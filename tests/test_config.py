@@ -57,3 +57,15 @@ def test_temperature_anneals_geometrically_then_stays() -> None:
     assert ModelConfig(competition_temperature=0.3).temperature(0) == 0.3  # no annealing
     with pytest.raises(EconError, match="competition_temperature_start"):
         dataclasses.replace(model, competition_temperature_start=-1.0).validate()
+
+
+def test_scope_cost_moves_linearly_then_stays() -> None:
+    model = dataclasses.replace(ModelConfig(), competition_scope_cost=1.0,
+                                competition_scope_cost_start=3.0,
+                                competition_anneal_iterations=100)
+    assert model.scope_cost(0) == pytest.approx(3.0)
+    assert model.scope_cost(50) == pytest.approx(2.0)
+    assert model.scope_cost(100) == model.scope_cost(5_000) == pytest.approx(1.0)
+    assert ModelConfig(competition_scope_cost=2.5).scope_cost(0) == 2.5  # no schedule
+    with pytest.raises(EconError, match="competition_scope_cost_start"):
+        dataclasses.replace(model, competition_scope_cost_start=-1.0).validate()

@@ -46,6 +46,11 @@ class ModelConfig:
     competition_temperature_start: float = 0.0
     competition_anneal_iterations: int = 0
     competition_scope_cost: float = 3.0
+    # Scope-price curriculum: c moves linearly from competition_scope_cost_start (0 = off) to
+    # competition_scope_cost over competition_anneal_iterations. A high price early makes
+    # experts attend to something at all; a lower one later stops rewarding the largest region
+    # (the background) for coming first.
+    competition_scope_cost_start: float = 0.0
     attention_bias: float = -3.0
 
     def temperature(self, iteration: int) -> float:
@@ -55,6 +60,14 @@ class ModelConfig:
         if start <= 0 or steps <= 0 or iteration >= steps:
             return end
         return start * (end / start) ** (iteration / steps)
+
+    def scope_cost(self, iteration: int) -> float:
+        """Competition scope price c at a training iteration (linear schedule)."""
+        start, end = self.competition_scope_cost_start, self.competition_scope_cost
+        steps = self.competition_anneal_iterations
+        if start <= 0 or steps <= 0 or iteration >= steps:
+            return end
+        return start + (end - start) * iteration / steps
 
     def validate(self) -> None:
         if self.n_experts < 1:
@@ -84,7 +97,8 @@ class ModelConfig:
         if self.competition_temperature_start < 0 or self.competition_anneal_iterations < 0:
             raise EconError("competition_temperature_start and competition_anneal_iterations "
                             "must be >= 0")
-        for name in ("beta", "gamma", "competition_lambda", "competition_scope_cost"):
+        for name in ("beta", "gamma", "competition_lambda", "competition_scope_cost",
+                     "competition_scope_cost_start"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise EconError(f"{name} must be a finite number >= 0, got {value}")

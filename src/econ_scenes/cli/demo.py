@@ -2,7 +2,9 @@
 
 Uses the shipped ``pretrained/unique`` model when present (otherwise trains the ``quick`` preset
 for a few minutes), then decomposes test scenes, samples every expert, composes new scenes,
-draws the paper's figures and evaluates, all under ``--out``.
+draws the paper's figures and evaluates, all under ``--out``. The shipped single-expert model
+(``pretrained/single``) adds Fig. 5 and the shipped random-colour model (``pretrained/random``)
+draws its own set of figures (the paper's Figs. 4, 6, 7 and 8 come from that setting).
 """
 
 from __future__ import annotations
@@ -18,9 +20,14 @@ from econ_scenes.errors import EconError
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
-def default_model() -> Path | None:
-    candidate = REPO_ROOT / "pretrained" / "unique"
+def shipped(name: str) -> Path | None:
+    """A model shipped in ``pretrained/NAME`` with the source tree, if present."""
+    candidate = REPO_ROOT / "pretrained" / name
     return candidate if (candidate / "config.json").is_file() else None
+
+
+def default_model() -> Path | None:
+    return shipped("unique")
 
 
 def demo_command(
@@ -74,8 +81,11 @@ def demo_command(
 
     from econ_scenes.figures import make_all
 
-    paths = make_all(scene_model, test.images[:256], out / "figures", seed=seed)
+    single = shipped("single")
+    paths = make_all(scene_model, test.images[:256], out / "figures", seed=seed,
+                     single_model=None if single is None else SceneModel.load(single))
     typer.echo(f"figures: {', '.join(p.name for p in paths)} in {out / 'figures'}")
+    _random_colour_figures(out / "figures" / "random", seed)
 
     from econ_scenes.evaluate.classifier import load_or_train_classifier
     from econ_scenes.evaluate.evaluate import evaluate, write_report
@@ -85,6 +95,22 @@ def demo_command(
     write_report(metrics, out)
     typer.echo(headline(metrics))
     typer.echo(f"metrics: {out / 'metrics.md'}")
+
+
+def _random_colour_figures(out: Path, seed: int) -> None:
+    """The shipped random-colour model's figures, on freshly generated random-colour scenes."""
+    from econ_scenes.data import SceneSpec, generate
+    from econ_scenes.figures import make_all
+    from econ_scenes.scene import SceneModel
+
+    run = shipped("random")
+    if run is None:
+        return
+    scene_model = SceneModel.load(run)
+    scenes = generate(SceneSpec.preset("random", size=scene_model.image_size), 256, seed=seed + 7)
+    ood = generate(SceneSpec.preset("ood", size=scene_model.image_size), 8, seed=seed + 8)
+    paths = make_all(scene_model, scenes.images, out, ood_images=ood, seed=seed)
+    typer.echo(f"random-colour model ({run}): {', '.join(p.name for p in paths)} in {out}")
 
 
 def headline(metrics: dict) -> str:

@@ -85,6 +85,7 @@ class ECON(nn.Module):
         reference: bool = False,
         n_steps: int | None = None,
         temperature: float | None = None,
+        scope_cost: float | None = None,
         shard: tuple[int, int] = (0, 1),
     ) -> Inference:
         """Decompose images (B, 3, H, W) in [0, 1] front to back.
@@ -94,7 +95,9 @@ class ECON(nn.Module):
         of attention (the single-expert MONet extension trained on ground truth).
         n_steps: number of inference steps T (default: the configured T; more steps decompose
         scenes with more objects than seen in training). temperature: competition τ (default:
-        the configured one; training passes the annealed value).
+        the configured one; training passes the annealed value). scope_cost: the competition's
+        price c per unexplained pixel (default: the configured one; training passes the
+        scheduled value).
         shard: (index, count) when these images are rows [index·B, (index+1)·B) of a batch of
         count·B split over processes: the random draws are made for the whole batch and sliced,
         so data-parallel training samples exactly what one process would on the whole batch.
@@ -124,7 +127,8 @@ class ECON(nn.Module):
                 given = gt_regions[:, t : t + 1].clamp_min(0).log().clamp_min(LOG_FLOOR)
             chosen, terms, winner, score = self._step(
                 images, log_scope, given, stochastic, reference,
-                cfg.competition_temperature if temperature is None else temperature, shard)
+                cfg.competition_temperature if temperature is None else temperature,
+                cfg.competition_scope_cost if scope_cost is None else scope_cost, shard)
             step_total = terms.total(cfg.beta, cfg.gamma).mean()
             loss = loss + step_total
             for name in totals:
@@ -149,7 +153,7 @@ class ECON(nn.Module):
 
     def _step(
         self, images: Tensor, log_scope: Tensor, given: Tensor | None, stochastic: bool,
-        reference: bool, temperature: float, shard: tuple[int, int],
+        reference: bool, temperature: float, scope_cost: float, shard: tuple[int, int],
     ) -> tuple[Proposal, StepLosses, Tensor, Tensor]:
         """One inference step → winner's proposal (B, 1, ...), its losses (B, 1), winner (B,),
         competition scores (B, K)."""
@@ -176,7 +180,7 @@ class ECON(nn.Module):
                                          log_region=given)
         losses = step_losses(images, proposals, cfg.sigma_x)
         score = competition_score(losses, proposals, cfg.competition_lambda,
-                                  cfg.competition_scope_cost).detach()
+                                  scope_cost).detach()
         winner = choose_winner(score, temperature, gumbel)
         if reference or not track:
             chosen = proposals.select(winner)

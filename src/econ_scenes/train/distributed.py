@@ -115,10 +115,13 @@ class Objective(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: Tensor, gt_regions: Tensor | None, temperature: float,
+    def forward(self, images: Tensor, gt_regions: Tensor | None, iteration: int,
                 shard: tuple[int, int]) -> tuple[Tensor, Inference]:
+        """The loss of one training step, with the competition's schedule at ``iteration``."""
+        cfg = self.model.config
         out = self.model.infer(images, stochastic=True, gt_regions=gt_regions,
-                               temperature=temperature, shard=shard)
+                               temperature=cfg.temperature(iteration),
+                               scope_cost=cfg.scope_cost(iteration), shard=shard)
         return out.loss, out
 
 

@@ -380,8 +380,7 @@ class _Session:
             group["lr"] = self.schedule.lr
         images, gt = self.data.batch(iteration)
         with autocast(self.data.device, tc.precision):
-            loss, out = self.objective(images, gt, self.config.model.temperature(iteration),
-                                       self.cluster.shard)
+            loss, out = self.objective(images, gt, iteration, self.cluster.shard)
         if not torch.isfinite(loss):
             raise EconError(f"loss became {loss.item()} at iteration {iteration}: the run "
                             "diverged (try a lower --lr)")
@@ -434,6 +433,7 @@ def _log_train(writer: SummaryWriter, out: Any, iteration: int, lr: float,
         writer.add_scalar(f"train/{name}", float(value), iteration)
     writer.add_scalar("train/lr", lr, iteration)
     writer.add_scalar("train/temperature", config.model.temperature(iteration), iteration)
+    writer.add_scalar("train/scope_cost", config.model.scope_cost(iteration), iteration)
     rates = win_rates(out.decomposition.winner, config.model.n_experts)
     for t, row in enumerate(rates):
         for k, rate in enumerate(row):
