@@ -263,6 +263,23 @@ def test_competition_score_by_hand() -> None:
                                               cost))
 
 
+def test_hinge_price_charges_only_regions_below_the_minimum() -> None:
+    """With min_region m, a region is charged c per pixel it falls short of m·D and no more:
+    a large region earns nothing over one of exactly m·D, an empty one pays c·m·D."""
+    size = 10
+    scope = torch.ones(1, 3, size, size, dtype=torch.float64)
+    areas = [0, 20, 60]  # pixels attended by three experts, m·D = 20
+    region = torch.full((1, 3, size, size), 1e-12, dtype=torch.float64)
+    for k, area in enumerate(areas):
+        region[0, k].view(-1)[:area] = 1.0
+    zero = StepLosses(*(torch.zeros(1, 3, dtype=torch.float64) for _ in range(3)))
+    proposal = make_proposal(scope.log(), region.log())
+    hinge = competition_score(zero, proposal, lam=1.0, scope_cost=3.0, min_region=0.2)
+    assert hinge[0].tolist() == pytest.approx([3.0 * 20 / 100, 0.0, 0.0], abs=1e-9)
+    linear = competition_score(zero, proposal, lam=1.0, scope_cost=3.0)
+    assert linear[0].tolist() == pytest.approx([3.0 * (100 - a) / 100 for a in areas], abs=1e-9)
+
+
 def test_choose_winner_without_noise_is_argmin() -> None:
     generator = torch.Generator().manual_seed(3)
     score = torch.randn(64, 5, generator=generator)

@@ -51,6 +51,10 @@ class ModelConfig:
     # experts attend to something at all; a lower one later stops rewarding the largest region
     # (the background) for coming first.
     competition_scope_cost_start: float = 0.0
+    # > 0: the price is a hinge, c per pixel a region falls short of this fraction of the image
+    # (see model/competition.py): no reward for large regions, so the background need not win
+    # the first step.
+    competition_min_region: float = 0.0
     attention_bias: float = -3.0
 
     def temperature(self, iteration: int) -> float:
@@ -94,6 +98,9 @@ class ModelConfig:
         for name in ("sigma_x", "competition_temperature"):
             if not getattr(self, name) > 0:
                 raise EconError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.competition_min_region < 1.0:
+            raise EconError(f"competition_min_region must be in [0, 1), got "
+                            f"{self.competition_min_region}")
         if self.competition_temperature_start < 0 or self.competition_anneal_iterations < 0:
             raise EconError("competition_temperature_start and competition_anneal_iterations "
                             "must be >= 0")

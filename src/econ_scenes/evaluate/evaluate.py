@@ -625,6 +625,10 @@ def format_report(metrics: dict[str, Any]) -> str:
              f"{metrics.get('n_scenes')} scenes of {metrics.get('image_size')}×"
              f"{metrics.get('image_size')} pixels, T = {metrics.get('n_steps')} inference steps, "
              f"K = {metrics.get('n_experts')} experts.", ""]
+    if (metrics.get("settings") or {}).get("regions") == "ground truth":
+        lines += ["Visible regions are **given** (ground truth; the model was trained with "
+                  "`--gt-masks`): segmentation is exact by construction, the amodal shapes are "
+                  "the model's.", ""]
     lines += ["## Segmentation (visible regions)", ""]
     lines += _stat_table([("FG-ARI", seg.get("fg_ari")), ("ARI", seg.get("ari")),
                           ("mSC", seg.get("msc")), ("SC", seg.get("sc")),

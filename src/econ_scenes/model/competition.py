@@ -6,6 +6,11 @@ A second problem: an expert that attends to nothing has L_x ≈ L_r ≈ 0 and wi
 We price the scope it leaves unexplained, c per pixel of s·(1 − r̃): an expert must explain a
 pixel at a per-pixel cost below c to want it. The price is the same for every expert when the
 region is given (the last step), so it changes nothing there.
+
+That linear price also rewards the largest region: the background (most pixels) wins the first
+step although it has holes where objects are. With ``min_region`` m > 0 the price becomes a
+hinge, c per pixel that the region falls short of m·D: empty proposals still lose, but beyond
+m·D more pixels earn nothing, and the shape term L_r (holes cost) decides who comes first.
 """
 
 from __future__ import annotations
@@ -18,10 +23,15 @@ from econ_scenes.model.objective import StepLosses
 
 
 def competition_score(losses: StepLosses, proposal: Proposal, lam: float,
-                      scope_cost: float) -> Tensor:
-    """Per-pixel score (lower is better): (λ·L_x + L_r + c·Σ s(1 − r̃)) / D → (N, G)."""
+                      scope_cost: float, min_region: float = 0.0) -> Tensor:
+    """Per-pixel score (lower is better) → (N, G): (λ·L_x + L_r + c·Σ s(1 − r̃)) / D, or with
+    ``min_region`` m > 0, (λ·L_x + L_r + c·max(0, m·D − Σ r̃)) / D."""
     pixels = proposal.log_region.shape[-1] * proposal.log_region.shape[-2]
-    unexplained = (proposal.log_scope.exp() - proposal.log_region.exp()).sum(dim=(-2, -1))
+    explained = proposal.log_region.exp().sum(dim=(-2, -1))
+    if min_region > 0:
+        unexplained = (min_region * pixels - explained).clamp_min(0.0)
+    else:
+        unexplained = proposal.log_scope.exp().sum(dim=(-2, -1)) - explained
     score = lam * losses.reconstruction + losses.region_kl + scope_cost * unexplained
     return score / pixels
 

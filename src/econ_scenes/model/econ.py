@@ -180,7 +180,7 @@ class ECON(nn.Module):
                                          log_region=given)
         losses = step_losses(images, proposals, cfg.sigma_x)
         score = competition_score(losses, proposals, cfg.competition_lambda,
-                                  scope_cost).detach()
+                                  scope_cost, cfg.competition_min_region).detach()
         winner = choose_winner(score, temperature, gumbel)
         if reference or not track:
             chosen = proposals.select(winner)
