@@ -29,7 +29,7 @@ def _value(metrics: dict, path: tuple[str, ...]) -> str:
 
 
 def table(root: Path) -> str:
-    header = ["model", "image", "scenes", *[c for c, _ in COLUMNS], "training"]
+    header = ["model", "image", "scenes", "regions", *[c for c, _ in COLUMNS], "training"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for folder in sorted(p for p in root.iterdir() if (p / "metrics.json").exists()):
         metrics = json.loads((folder / "metrics.json").read_text())
@@ -37,9 +37,13 @@ def table(root: Path) -> str:
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
         training = (f"{info.get('iterations', '?')} it, {info.get('minutes', '?')} min, "
                     f"{info.get('hardware', '?')}")
+        single = metrics.get("n_experts") == 1  # AMI and samples → class need several experts
+        values = [("–" if single and name in ("AMI", "samples → class") else _value(metrics, p))
+                  for name, p in COLUMNS]
+        regions = (metrics.get("settings") or {}).get("regions", "attention")
         row = [f"`{folder.name}`", f"{metrics.get('image_size', '?')}²",
-               str(metrics.get("n_scenes", "?")), *[_value(metrics, p) for _, p in COLUMNS],
-               training]
+               str(metrics.get("n_scenes", "?")), "given" if regions == "ground truth" else regions,
+               *values, training]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
