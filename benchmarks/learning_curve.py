@@ -48,7 +48,13 @@ def snapshot_points(run: Path, preset: str, scenes_seed: int, n: int) -> list[di
     return points
 
 
-def plot(points: list[dict[str, float]], path: Path, title: str) -> None:
+CURVES = [("fg_ari", "FG-ARI"), ("ami", "AMI(expert, class)"), ("amodal_iou", "amodal IoU")]
+GIVEN_REGION_CURVES = [("amodal_iou", "amodal IoU"), ("occluded_iou", "occluded-pixel IoU")]
+"""A model given ground-truth regions is measured on its shapes only."""
+
+
+def plot(points: list[dict[str, float]], path: Path, title: str,
+         curves: list[tuple[str, str]] = CURVES) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,8 +62,7 @@ def plot(points: list[dict[str, float]], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     minutes = [p["minutes"] for p in points]
-    for key, label in [("fg_ari", "FG-ARI"), ("ami", "AMI(expert, class)"),
-                       ("amodal_iou", "amodal IoU")]:
+    for key, label in curves:
         ax.plot(minutes, [p[key] for p in points], marker="o", ms=3, label=label)
     ax.axhline(0.9, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("training wall time (minutes)")
@@ -81,8 +86,10 @@ def main() -> None:
     points = snapshot_points(args.run, args.preset, args.seed, args.n)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(points, indent=1) + "\n")
+    given = SceneModel.load(args.run).config.train.gt_masks
     plot(points, args.out.with_suffix(".png"), f"{args.run.name}: {args.preset} colours, "
-         f"{args.n} test scenes (seed {args.seed})")
+         f"{args.n} test scenes (seed {args.seed})" + (", regions given" if given else ""),
+         GIVEN_REGION_CURVES if given else CURVES)
 
 
 if __name__ == "__main__":
