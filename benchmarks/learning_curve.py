@@ -17,16 +17,15 @@ import torch
 from safetensors import safe_open
 
 from econ_scenes.data import SceneSpec, generate
-from econ_scenes.evaluate.evaluate import decomposition_metrics
+from econ_scenes.evaluate.evaluate import decomposition_metrics, given_regions
 from econ_scenes.scene import SceneModel
 
 
-def snapshot_points(run: Path, preset: str, scenes_seed: int, n: int) -> list[dict[str, float]]:
-    model = SceneModel.load(run)
+def snapshot_points(model: SceneModel, run: Path, preset: str, scenes_seed: int,
+                    n: int) -> list[dict[str, float]]:
     spec = SceneSpec.preset(preset, size=model.image_size)
     scenes = generate(spec, n, seed=scenes_seed)
-    # a model trained on ground-truth regions is given them (it is scored on its shapes)
-    regions = scenes.regions_front_first() if model.config.train.gt_masks else None
+    regions = given_regions(model, scenes)  # a --gt-masks model is scored on its shapes
     points = []
     for path in sorted((run / "snapshots").glob("iter_*.safetensors")):
         with safe_open(str(path), framework="pt") as handle:
@@ -83,10 +82,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    points = snapshot_points(args.run, args.preset, args.seed, args.n)
+    model = SceneModel.load(args.run)
+    points = snapshot_points(model, args.run, args.preset, args.seed, args.n)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(points, indent=1) + "\n")
-    given = SceneModel.load(args.run).config.train.gt_masks
+    given = model.config.train.gt_masks
     plot(points, args.out.with_suffix(".png"), f"{args.run.name}: {args.preset} colours, "
          f"{args.n} test scenes (seed {args.seed})" + (", regions given" if given else ""),
          GIVEN_REGION_CURVES if given else CURVES)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import shutil
 import socket
 import warnings
 from collections.abc import Iterator
@@ -197,8 +198,6 @@ def _train_trial(run_dir: Path, config: RunConfig, settings: SweepSettings) -> A
         budget = {"max_minutes": settings.budget_minutes, "max_iterations": settings.max_iterations}
         return train(run_dir, resume=True, budget=budget, progress=settings.progress)
     if run_dir.exists():  # created but never checkpointed: start again
-        import shutil
-
         shutil.rmtree(run_dir)
     return train(run_dir, config=config, data=settings.data, val=settings.val,
                  progress=settings.progress)
@@ -207,10 +206,10 @@ def _train_trial(run_dir: Path, config: RunConfig, settings: SweepSettings) -> A
 def final_validation_loss(run_dir: Path) -> float:
     """The paper's model-selection criterion: validation loss of the trained weights."""
     from econ_scenes.train.checkpoint import load_model
-    from econ_scenes.train.loop import TrainingData, _read_run_info, validation_loss
+    from econ_scenes.train.loop import TrainingData, read_run_info, validation_loss
 
     model, config = load_model(run_dir)
-    info = _read_run_info(run_dir)
+    info = read_run_info(run_dir)
     val = None if info.get("val") is None else Path(info["val"])
     data = TrainingData.open(Path(info["data"]), val, config, next(model.parameters()).device)
     loss = validation_loss(model, data, config.train.precision)

@@ -65,6 +65,7 @@ __all__ = [
     "evaluate",
     "format_report",
     "generation_metrics",
+    "given_regions",
     "min_object_pixels",
     "summarise",
     "to_jsonable",
@@ -181,6 +182,12 @@ def _check_scenes(scenes: Scenes, image_size: int) -> None:
 
 
 # --------------------------------------------------------------------------- decomposition
+
+
+def given_regions(scene_model: SceneModel, scenes: Scenes) -> np.ndarray | None:
+    """The visible regions (N, L, H, W), front first, that a model trained with ``--gt-masks``
+    is given instead of its attention; None for every other model."""
+    return scenes.regions_front_first() if scene_model.config.train.gt_masks else None
 
 
 def decompose_scenes(scene_model: SceneModel, images: np.ndarray, *, n_steps: int | None = None,
@@ -567,8 +574,8 @@ def evaluate(scene_model: SceneModel, scenes: Scenes, *, n_steps: int | None = N
     _check_scenes(scenes, scene_model.image_size)
     # A model trained on ground-truth regions (--gt-masks, Fig. 5) is evaluated the same way:
     # given the visible regions, how well does it complete the full shapes?
-    given = scene_model.config.train.gt_masks
-    regions = scenes.regions_front_first() if given else None
+    regions = given_regions(scene_model, scenes)
+    given = regions is not None
     decomposition = decompose_scenes(scene_model, scenes.images, n_steps=n_steps, regions=regions,
                                      batch_size=batch_size, progress=progress)
     metrics = decomposition_metrics(decomposition, scenes, n_experts=scene_model.n_experts,

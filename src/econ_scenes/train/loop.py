@@ -200,7 +200,7 @@ def train(
     cluster = Cluster.from_env()
     if resume:
         config = RunConfig.load(run_dir / CONFIG)
-        info = _read_run_info(run_dir)
+        info = read_run_info(run_dir)
         data = Path(info["data"])
         val = None if info.get("val") is None else Path(info["val"])
     elif config is None or data is None:
@@ -265,7 +265,8 @@ def _initialise(model: ECON, source: Path) -> None:
         raise EconError(f"--init {source}: its experts do not fit this config: {error}") from error
 
 
-def _read_run_info(run_dir: Path) -> dict[str, Any]:
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    """The data paths a run was started with (run.json)."""
     import json
 
     path = run_dir / RUN_INFO
