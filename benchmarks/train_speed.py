@@ -1,4 +1,5 @@
-"""Training speed of ECON: the fast path against the reference per-expert loop.
+"""Speed of ECON: training (fast path against the reference per-expert loop), decomposition and
+generation throughput, each against the machine's measured fp32 matmul peak.
 
 One training iteration is ``model.infer(images, stochastic=True)``, backward, gradient clipping
 and an Adam step, as in :mod:`econ_scenes.train.loop`. Both paths start from the same weights and
@@ -9,6 +10,13 @@ for the backward of grouped convolutions (which the fast path uses) is unreliabl
 passes are counted: the competition (all K experts, no grad) and the winners' recomputation; the
 backward is estimated as 2× the winners' forward. For the reference loop, which keeps the graph of
 every expert and backpropagates through all of them, the backward is estimated as 2× its forward.
+
+The matmul peak is measured in the same run (square fp32 matmuls, best of several), so the
+fractions of peak are on the same machine, thread count and load as the timings.
+
+Decomposition is ``model.infer(images, stochastic=False)`` without grad (posterior means, the
+best-scoring expert at every step: what ``econ decompose`` runs). Generation is
+``SceneModel.compose`` with T layers, expert t mod K at layer t (decode and layer, no inference).
 
     python benchmarks/train_speed.py --preset paper-unique --size 32 --batch 32 --iterations 20
 """
@@ -29,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from econ_scenes.config import PRESETS, RunConfig, override, preset
 from econ_scenes.data import SceneSpec, generate
 from econ_scenes.model import ECON
+from econ_scenes.scene import SceneModel
 from econ_scenes.train.loop import autocast, resolve_device
 
 
@@ -56,6 +65,27 @@ class Flops:
     @property
     def reference_iteration(self) -> int:
         return 3 * self.reference_forward
+
+
+@dataclass(frozen=True)
+class Throughput:
+    task: str
+    seconds_per_batch: float
+    flops_per_batch: int
+
+
+def measure_matmul_peak(device: torch.device, size: int = 1024, repeats: int = 10) -> float:
+    """Best fp32 GFLOP/s of ``size``×``size`` matmuls on this device and thread count."""
+    a = torch.rand(size, size, device=device)
+    b = torch.rand(size, size, device=device)
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,10 +130,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_path(config: RunConfig, images: torch.Tensor, reference: bool, args: argparse.Namespace,
+PATHS = {
+    "fast path": (False, None),
+    "fast path, grouped competition": (False, True),
+    "fast path, competition looped over experts": (False, False),
+    "reference loop": (True, False),
+}
+"""name → (reference, grouped_competition); the plain "fast path" is the device's default."""
+
+
+def time_path(config: RunConfig, images: torch.Tensor, path: str, args: argparse.Namespace,
               device: torch.device) -> Timing:
+    reference, grouped = PATHS[path]
     torch.manual_seed(args.seed)
     model = ECON(config.model).to(device).train()
+    model.grouped_competition = grouped
     optimiser = torch.optim.Adam(model.parameters(), lr=config.train.lr)
 
     def step() -> float:
@@ -124,7 +165,40 @@ def time_path(config: RunConfig, images: torch.Tensor, reference: bool, args: ar
         loss = step()
     synchronize(device)
     elapsed = time.perf_counter() - start
-    return Timing("reference loop" if reference else "fast path", elapsed / args.iterations, loss)
+    return Timing(path, elapsed / args.iterations, loss)
+
+
+def time_inference(config: RunConfig, images: torch.Tensor, args: argparse.Namespace,
+                   device: torch.device) -> list[Throughput]:
+    """Decomposition and generation throughput of one batch, with their forward FLOPs."""
+    torch.manual_seed(args.seed)
+    model = ECON(config.model).to(device).eval()
+    scene_model = SceneModel(model, config)
+    layers = [t % config.model.n_experts for t in range(config.model.n_steps)]
+
+    def decompose() -> None:
+        with torch.no_grad(), autocast(device, args.precision):
+            model.infer(images, stochastic=False)
+
+    def compose() -> None:
+        with autocast(device, args.precision):
+            scene_model.compose(layers, len(images), seed=args.seed)
+
+    results = []
+    for task, run in (("decomposition", decompose), ("generation", compose)):
+        for _ in range(max(args.warmup, 1)):
+            run()
+        counter = FlopCounterMode(display=False)
+        with counter:
+            run()
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(args.iterations):
+            run()
+        synchronize(device)
+        elapsed = (time.perf_counter() - start) / args.iterations
+        results.append(Throughput(task, elapsed, int(counter.get_total_flops())))
+    return results
 
 
 def count_forward_flops(model: ECON, images: torch.Tensor, *, reference: bool, grad: bool,
@@ -175,9 +249,10 @@ def machine_info(device: torch.device) -> list[tuple[str, str]]:
 
 
 def report(config: RunConfig, args: argparse.Namespace, device: torch.device,
-           timings: list[Timing], flops: Flops) -> str:
+           timings: list[Timing], flops: Flops, throughputs: list[Throughput],
+           peak: float) -> str:
     m = config.model
-    fast, ref = timings
+    ref = timings[-1]
     lines = [
         "# ECON training speed",
         "",
@@ -186,18 +261,36 @@ def report(config: RunConfig, args: argparse.Namespace, device: torch.device,
         f"{m.vae_layers}×{m.vae_features}, precision {args.precision}; {args.warmup} warm-up "
         f"and {args.iterations} timed iterations per path (infer + backward + clip + Adam).",
         "",
+        f"Measured fp32 matmul peak: **{peak:.0f} GFLOP/s** (1024×1024 matmuls, same run).",
+        "",
         "| path | ms / iteration | iterations / s | images / s | GFLOP / iteration (est.) "
-        "| GFLOP/s (est.) | speed-up | last loss |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| GFLOP/s (est.) | % of matmul peak | speed-up | last loss |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for timing, total in ((fast, flops.fast_iteration), (ref, flops.reference_iteration)):
+    for timing in timings:
+        total = flops.reference_iteration if timing is ref else flops.fast_iteration
         speedup = ref.seconds_per_iteration / timing.seconds_per_iteration
         lines.append(
             f"| {timing.path} | {1000 * timing.seconds_per_iteration:.1f} "
             f"| {timing.iterations_per_second:.2f} "
             f"| {args.batch * timing.iterations_per_second:.1f} | {total / 1e9:.3f} "
-            f"| {total * timing.iterations_per_second / 1e9:.2f} | {speedup:.2f}× "
+            f"| {total * timing.iterations_per_second / 1e9:.2f} "
+            f"| {100 * total * timing.iterations_per_second / 1e9 / peak:.0f}% | {speedup:.2f}× "
             f"| {timing.loss:.1f} |"
+        )
+    lines += [
+        "",
+        f"Inference throughput (batch {args.batch}, no grad):",
+        "",
+        "| task | ms / batch | images / s | GFLOP / batch | GFLOP/s | % of matmul peak |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for item in throughputs:
+        rate = item.flops_per_batch / item.seconds_per_batch / 1e9
+        lines.append(
+            f"| {item.task} | {1000 * item.seconds_per_batch:.1f} "
+            f"| {args.batch / item.seconds_per_batch:.0f} | {item.flops_per_batch / 1e9:.3f} "
+            f"| {rate:.2f} | {100 * rate / peak:.0f}% |"
         )
     lines += [
         "",
@@ -232,9 +325,11 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     config = build_config(args)
     images = make_images(config, args.batch, args.seed, device)
-    timings = [time_path(config, images, reference, args, device) for reference in (False, True)]
+    timings = [time_path(config, images, path, args, device) for path in PATHS]
     flops = count_flops(config, images, args, device)
-    text = report(config, args, device, timings, flops)
+    throughputs = time_inference(config, images, args, device)
+    peak = measure_matmul_peak(device)
+    text = report(config, args, device, timings, flops, throughputs, peak)
     print(text, end="")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -200,8 +200,12 @@ def run_path(model: ECON, images: Tensor, reference: bool, seed: int) -> tuple[T
     return out.loss.detach(), d.winner, grads, d.step_scores
 
 
-@pytest.mark.parametrize("seed", [0, 3])
-def test_fast_path_equals_reference_in_float64(model: ECON, images: Tensor, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "grouped"), [(0, False), (3, False), (0, True), (3, True)])
+def test_fast_path_equals_reference_in_float64(
+    model: ECON, images: Tensor, seed: int, grouped: bool
+) -> None:
+    """Both layouts of the competition (one grouped computation, a loop over experts)."""
+    model.grouped_competition = grouped
     model.double()
     x = images.double()
     loss_fast, winner_fast, grad_fast, score_fast = run_path(model, x, False, seed)
@@ -314,6 +318,8 @@ def test_gt_regions_of_the_wrong_shape_are_rejected(tiny_model_config: ModelConf
         ({"latent_dim": 0}, "latent_dim"),
         ({"sigma_x": 0.0}, "sigma_x"),
         ({"beta": -1.0}, "beta"),
+        ({"competition_min_region": 0.3, "competition_max_region": 0.2}, "max_region"),
+        ({"competition_max_region": 0.5}, "needs the hinge"),
     ],
 )
 def test_bad_model_config_raises(

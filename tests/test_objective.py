@@ -278,6 +278,10 @@ def test_hinge_price_charges_only_regions_below_the_minimum() -> None:
     assert hinge[0].tolist() == pytest.approx([3.0 * 20 / 100, 0.0, 0.0], abs=1e-9)
     linear = competition_score(zero, proposal, lam=1.0, scope_cost=3.0)
     assert linear[0].tolist() == pytest.approx([3.0 * (100 - a) / 100 for a in areas], abs=1e-9)
+    # The upper side of the hinge, M·D = 40: only the 60-pixel region pays, for 20 pixels.
+    both = competition_score(zero, proposal, lam=1.0, scope_cost=3.0, min_region=0.2,
+                             max_region=0.4)
+    assert both[0].tolist() == pytest.approx([3.0 * 20 / 100, 0.0, 3.0 * 20 / 100], abs=1e-9)
 
 
 def test_choose_winner_without_noise_is_argmin() -> None:

@@ -55,6 +55,9 @@ class ModelConfig:
     # (see model/competition.py): no reward for large regions, so the background need not win
     # the first step.
     competition_min_region: float = 0.0
+    # < 1 (with competition_min_region > 0): also c per pixel a region exceeds this fraction of
+    # the image, a prior that objects in front are smaller than the background behind them.
+    competition_max_region: float = 1.0
     attention_bias: float = -3.0
 
     def temperature(self, iteration: int) -> float:
@@ -101,6 +104,12 @@ class ModelConfig:
         if not 0.0 <= self.competition_min_region < 1.0:
             raise EconError(f"competition_min_region must be in [0, 1), got "
                             f"{self.competition_min_region}")
+        if not self.competition_min_region < self.competition_max_region <= 1.0:
+            raise EconError(f"competition_max_region must be in (competition_min_region, 1], got "
+                            f"{self.competition_max_region}")
+        if self.competition_max_region < 1.0 and self.competition_min_region == 0.0:
+            raise EconError("competition_max_region needs the hinge price: set "
+                            "competition_min_region > 0")
         if self.competition_temperature_start < 0 or self.competition_anneal_iterations < 0:
             raise EconError("competition_temperature_start and competition_anneal_iterations "
                             "must be >= 0")

@@ -11,6 +11,10 @@ That linear price also rewards the largest region: the background (most pixels) 
 step although it has holes where objects are. With ``min_region`` m > 0 the price becomes a
 hinge, c per pixel that the region falls short of m·D: empty proposals still lose, but beyond
 m·D more pixels earn nothing, and the shape term L_r (holes cost) decides who comes first.
+``max_region`` M < 1 adds the other side of the hinge, c per pixel beyond M·D: a prior that
+an object in front covers at most a fraction M of the image, so a background-sized region
+loses to an object-sized one at the steps before the last (the last step's region is given,
+the same for every expert, so the price does not change its winner).
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ from econ_scenes.model.objective import StepLosses
 
 
 def competition_score(losses: StepLosses, proposal: Proposal, lam: float,
-                      scope_cost: float, min_region: float = 0.0) -> Tensor:
+                      scope_cost: float, min_region: float = 0.0,
+                      max_region: float = 1.0) -> Tensor:
     """Per-pixel score (lower is better) → (N, G): (λ·L_x + L_r + c·Σ s(1 − r̃)) / D, or with
-    ``min_region`` m > 0, (λ·L_x + L_r + c·max(0, m·D − Σ r̃)) / D."""
+    ``min_region`` m > 0, (λ·L_x + L_r + c·max(0, m·D − Σ r̃) + c·max(0, Σ r̃ − M·D)) / D."""
     pixels = proposal.log_region.shape[-1] * proposal.log_region.shape[-2]
     explained = proposal.log_region.exp().sum(dim=(-2, -1))
     if min_region > 0:
         unexplained = (min_region * pixels - explained).clamp_min(0.0)
+        unexplained = unexplained + (explained - max_region * pixels).clamp_min(0.0)
     else:
         unexplained = proposal.log_scope.exp().sum(dim=(-2, -1)) - explained
     score = lam * losses.reconstruction + losses.region_kl + scope_cost * unexplained

@@ -6,11 +6,15 @@ shrinks by the winner's region (14); the last step gives every expert the remain
 
 Two paths give the same losses, winners and gradients:
 
-* fast (default): the competition runs all K experts as one batched no-grad computation, then
-  the winners alone are recomputed with gradient, each image with its own expert's parameters,
-  in one grouped computation. No graph is built for the losers.
-* reference: a Python loop over experts with every expert's graph kept, the winners' terms
-  gathered afterwards. It exists for tests and benchmarks.
+* fast (default): the competition runs all K experts without grad, then the winners alone are
+  recomputed with gradient, each image with its own expert's parameters, in one grouped
+  computation. No graph is built for the losers.
+* reference: every expert's graph is kept and the winners' terms gathered afterwards. It exists
+  for tests and benchmarks.
+
+The competition runs the K experts either as one grouped computation or as a loop over experts
+with dense convolutions; the loop is faster on CPUs (oneDNN's grouped convolutions are slow there,
+docs/performance.md), the grouped computation on GPUs. Both give the same proposals.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ class ECON(nn.Module):
         config.validate()
         self.config = config
         self.experts = Experts(config)
+        # The competition's layout: all K experts in one grouped computation (True), a loop
+        # over experts (False), or None: grouped on GPUs, the loop on CPUs.
+        self.grouped_competition: bool | None = None
 
     def freeze_experts(self, experts: tuple[int, ...]) -> None:
         """Zero the gradients of the given experts' slices of every stacked parameter, so that
@@ -166,21 +173,12 @@ class ECON(nn.Module):
             noise = torch.randn(batch * shard[1], cfg.n_experts, cfg.latent_dim, device=device)[rows]
             gumbel = gumbel_noise((batch * shard[1], cfg.n_experts), device)[rows]
         track = torch.is_grad_enabled()
-        if reference:
-            proposals = Proposal.cat([
-                self.experts(images, log_scope, torch.tensor([k], device=device), shared=True,
-                             noise=None if noise is None else noise[:, k : k + 1],
-                             log_region=given)
-                for k in range(cfg.n_experts)
-            ])
-        else:
-            everyone = torch.arange(cfg.n_experts, device=device)
-            with torch.no_grad() if track else contextlib.nullcontext():
-                proposals = self.experts(images, log_scope, everyone, shared=True, noise=noise,
-                                         log_region=given)
+        with contextlib.nullcontext() if reference or not track else torch.no_grad():
+            proposals = self._propose(images, log_scope, noise, given)
         losses = step_losses(images, proposals, cfg.sigma_x)
         score = competition_score(losses, proposals, cfg.competition_lambda,
-                                  scope_cost, cfg.competition_min_region).detach()
+                                  scope_cost, cfg.competition_min_region,
+                                  cfg.competition_max_region).detach()
         winner = choose_winner(score, temperature, gumbel)
         if reference or not track:
             chosen = proposals.select(winner)
@@ -190,6 +188,23 @@ class ECON(nn.Module):
             return chosen, chosen_losses, winner, score
         chosen = self._winners_forward(images, log_scope, given, winner, noise)
         return chosen, step_losses(images, chosen, cfg.sigma_x), winner, score
+
+    def _propose(self, images: Tensor, log_scope: Tensor, noise: Tensor | None,
+                 given: Tensor | None) -> Proposal:
+        """Every expert's proposal for every image → (B, K, ...)."""
+        k = self.config.n_experts
+        device = images.device
+        grouped = self.grouped_competition
+        if grouped is None:
+            grouped = device.type != "cpu"
+        if grouped:
+            return self.experts(images, log_scope, torch.arange(k, device=device), shared=True,
+                                noise=noise, log_region=given)
+        return Proposal.cat([
+            self.experts(images, log_scope, torch.tensor([e], device=device), shared=True,
+                         noise=None if noise is None else noise[:, e : e + 1], log_region=given)
+            for e in range(k)
+        ])
 
     def _winners_forward(
         self, images: Tensor, log_scope: Tensor, given: Tensor | None, winner: Tensor,

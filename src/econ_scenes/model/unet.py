@@ -57,7 +57,7 @@ class AttentionUNet(nn.Module):
         h = inputs
         skips = []
         for i, (conv, norm) in enumerate(zip(self.down_convs, self.down_norms, strict=True)):
-            h = F.relu(norm(conv(h, experts, shared=shared and i == 0), experts))
+            h = F.relu(norm(conv(h, experts, shared=shared and i == 0), experts), inplace=True)
             skips.append(h)
             h = F.max_pool2d(h, 2)
         n = h.shape[0]
@@ -68,5 +68,5 @@ class AttentionUNet(nn.Module):
         h = flat.reshape(h.shape)
         for conv, norm, skip in zip(self.up_convs, self.up_norms, reversed(skips), strict=True):
             h = F.interpolate(h, scale_factor=2.0, mode="nearest")
-            h = F.relu(norm(conv(group_cat(h, skip, groups), experts), experts))
+            h = F.relu(norm(conv(group_cat(h, skip, groups), experts), experts), inplace=True)
         return self.head(h, experts).float()

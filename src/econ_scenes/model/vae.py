@@ -27,7 +27,7 @@ class Encoder(nn.Module):
         """inputs: (N, G·4, H, W) image and region → posterior mean, log-variance (N, G, L)."""
         h = inputs
         for conv in self.convs:
-            h = F.max_pool2d(F.relu(conv(h, experts)), 2)
+            h = F.max_pool2d(F.relu(conv(h, experts), inplace=True), 2)
         flat = h.reshape(h.shape[0], experts.numel(), -1)
         stats = self.fc2(F.relu(self.fc1(flat, experts)), experts).float()
         mean, log_var = stats.chunk(2, dim=-1)
@@ -62,6 +62,6 @@ class BroadcastDecoder(nn.Module):
         # (N, H, W, G·(L+2)) viewed as NCHW: a channels-last tensor without a copy.
         h = torch.cat([tiled, coords], dim=-1).reshape(n, size, size, -1).permute(0, 3, 1, 2)
         for conv in self.convs:
-            h = F.relu(conv(h, experts))
+            h = F.relu(conv(h, experts), inplace=True)
         out = self.head(h, experts).float().reshape(n, groups, 4, size, size)
         return torch.sigmoid(out[:, :, :3]), out[:, :, 3]
