@@ -31,9 +31,12 @@ def _value(metrics: dict, path: tuple[str, ...]) -> str:
 def table(root: Path) -> str:
     header = ["model", "image", "scenes", "regions", *[c for c, _ in COLUMNS], "training"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for folder in sorted(p for p in root.iterdir() if (p / "metrics.json").exists()):
+    # A model's own test set in pretrained/<name>/, other test sets (e.g. ood) one level down.
+    folders = sorted({p.parent for p in [*root.glob("*/metrics.json"), *root.glob("*/*/metrics.json")]})
+    for folder in folders:
         metrics = json.loads((folder / "metrics.json").read_text())
-        info_path = folder / "training.json"
+        model_folder = folder if (folder / "training.json").exists() else folder.parent
+        info_path = model_folder / "training.json"
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
         training = (f"{info.get('iterations', '?')} it, {info.get('minutes', '?')} min, "
                     f"{info.get('hardware', '?')}")
@@ -41,7 +44,7 @@ def table(root: Path) -> str:
         values = [("–" if single and name in ("AMI", "samples → class") else _value(metrics, p))
                   for name, p in COLUMNS]
         regions = (metrics.get("settings") or {}).get("regions", "attention")
-        row = [f"`{folder.name}`", f"{metrics.get('image_size', '?')}²",
+        row = [f"`{folder.relative_to(root).as_posix()}`", f"{metrics.get('image_size', '?')}²",
                str(metrics.get("n_scenes", "?")), "given" if regions == "ground truth" else regions,
                *values, training]
         lines.append("| " + " | ".join(row) + " |")
