@@ -35,7 +35,8 @@ def table(root: Path) -> str:
     folders = sorted({p.parent for p in [*root.glob("*/metrics.json"), *root.glob("*/*/metrics.json")]})
     for folder in folders:
         metrics = json.loads((folder / "metrics.json").read_text())
-        model_folder = folder if (folder / "training.json").exists() else folder.parent
+        nested = folder.parent != root  # e.g. pretrained/random/ood: the parent's model
+        model_folder = folder.parent if nested else folder
         info_path = model_folder / "training.json"
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
         training = (f"{info.get('iterations', '?')} it, {info.get('minutes', '?')} min, "

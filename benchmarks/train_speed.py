@@ -254,7 +254,7 @@ def report(config: RunConfig, args: argparse.Namespace, device: torch.device,
            timings: list[Timing], flops: Flops, throughputs: list[Throughput],
            peak: float) -> str:
     m = config.model
-    ref = timings[-1]
+    ref = next(t for t in timings if PATHS[t.path][0])
     lines = [
         "# ECON training speed",
         "",

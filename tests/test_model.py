@@ -217,6 +217,37 @@ def test_fast_path_equals_reference_in_float64(
     torch.testing.assert_close(grad_fast, grad_ref, rtol=1e-7, atol=1e-10)
 
 
+def test_competition_layouts_agree(model: ECON, images: Tensor) -> None:
+    """One grouped computation and the loop over experts give the same scores and winners."""
+    model.double()
+    x = images.double()
+    outputs = []
+    for grouped in (True, False):
+        model.grouped_competition = grouped
+        torch.manual_seed(1)
+        outputs.append(model.infer(x, stochastic=True).decomposition)
+    grouped_out, loop_out = outputs
+    assert torch.equal(grouped_out.winner, loop_out.winner)
+    torch.testing.assert_close(grouped_out.step_scores, loop_out.step_scores, rtol=1e-10, atol=0)
+    torch.testing.assert_close(grouped_out.region, loop_out.region, rtol=1e-10, atol=1e-12)
+
+
+def test_the_band_price_enters_the_competition(tiny_model_config: ModelConfig,
+                                               images: Tensor) -> None:
+    """competition_max_region reaches the scores: with M below every region's area, each
+    proposal pays c per pixel above M·D; the last step (given region) is priced the same."""
+    hinge = dataclasses.replace(tiny_model_config, competition_min_region=0.001,
+                                competition_scope_cost=10.0)
+    band = dataclasses.replace(hinge, competition_max_region=0.002)
+    scores = [build(c).infer(images, stochastic=False).decomposition.step_scores
+              for c in (hinge, band)]
+    assert scores[0].shape[-1] == tiny_model_config.n_experts  # (B, T, K)
+    extra = scores[1] - scores[0]
+    assert (extra[:, :-1] > 0).all()
+    assert extra.max() <= 10.0 * (1 - 0.002) + 1e-4
+    torch.testing.assert_close(extra[:, -1], extra[:, -1, :1].expand_as(extra[:, -1]))
+
+
 def test_fast_path_equals_reference_in_float32(model: ECON, images: Tensor) -> None:
     loss_fast, winner_fast, grad_fast, _ = run_path(model, images, False, seed=5)
     loss_ref, winner_ref, grad_ref, _ = run_path(model, images, True, seed=5)
@@ -320,6 +351,8 @@ def test_gt_regions_of_the_wrong_shape_are_rejected(tiny_model_config: ModelConf
         ({"beta": -1.0}, "beta"),
         ({"competition_min_region": 0.3, "competition_max_region": 0.2}, "max_region"),
         ({"competition_max_region": 0.5}, "needs the hinge"),
+        ({"competition_min_region": 0.1, "competition_max_region": 1.5}, "max_region"),
+        ({"competition_min_region": 0.1, "competition_max_region": 0.1}, "max_region"),
     ],
 )
 def test_bad_model_config_raises(

@@ -34,11 +34,11 @@ def competition_score(losses: StepLosses, proposal: Proposal, lam: float,
     pixels = proposal.log_region.shape[-1] * proposal.log_region.shape[-2]
     explained = proposal.log_region.exp().sum(dim=(-2, -1))
     if min_region > 0:
-        unexplained = (min_region * pixels - explained).clamp_min(0.0)
-        unexplained = unexplained + (explained - max_region * pixels).clamp_min(0.0)
+        priced = ((min_region * pixels - explained).clamp_min(0.0)
+                  + (explained - max_region * pixels).clamp_min(0.0))
     else:
-        unexplained = proposal.log_scope.exp().sum(dim=(-2, -1)) - explained
-    score = lam * losses.reconstruction + losses.region_kl + scope_cost * unexplained
+        priced = proposal.log_scope.exp().sum(dim=(-2, -1)) - explained  # unexplained scope
+    score = lam * losses.reconstruction + losses.region_kl + scope_cost * priced
     return score / pixels
 
 

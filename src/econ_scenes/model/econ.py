@@ -197,11 +197,12 @@ class ECON(nn.Module):
         grouped = self.grouped_competition
         if grouped is None:
             grouped = device.type != "cpu"
+        everyone = torch.arange(k, device=device)
         if grouped:
-            return self.experts(images, log_scope, torch.arange(k, device=device), shared=True,
-                                noise=noise, log_region=given)
+            return self.experts(images, log_scope, everyone, shared=True, noise=noise,
+                                log_region=given)
         return Proposal.cat([
-            self.experts(images, log_scope, torch.tensor([e], device=device), shared=True,
+            self.experts(images, log_scope, everyone[e : e + 1], shared=True,
                          noise=None if noise is None else noise[:, e : e + 1], log_region=given)
             for e in range(k)
         ])
