@@ -132,21 +132,25 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-PATHS = {
-    "fast path": (False, None),
-    "fast path, grouped competition": (False, True),
-    "fast path, competition looped over experts": (False, False),
-    "reference loop": (True, False),
-}
-"""name → (reference, grouped_competition); the plain "fast path" is the device's default."""
+def paths(device: torch.device) -> dict[str, tuple[bool, bool]]:
+    """name → (reference, grouped layout): the fast path in the device's default layout
+    (``ECON.grouped`` = None: the loop over experts on CPUs, grouped on GPUs), the fast path in
+    the other layout, and the reference loop."""
+    default = device.type != "cpu"
+    name = {True: "experts grouped", False: "experts looped"}
+    return {
+        f"fast path (default: {name[default]})": (False, default),
+        f"fast path, {name[not default]}": (False, not default),
+        "reference loop": (True, False),
+    }
 
 
 def time_path(config: RunConfig, images: torch.Tensor, path: str, args: argparse.Namespace,
               device: torch.device) -> Timing:
-    reference, grouped = PATHS[path]
+    reference, grouped = paths(device)[path]
     torch.manual_seed(args.seed)
     model = ECON(config.model).to(device).train()
-    model.grouped_competition = grouped
+    model.grouped = grouped
     optimiser = torch.optim.Adam(model.parameters(), lr=config.train.lr)
 
     def step() -> float:
@@ -254,7 +258,7 @@ def report(config: RunConfig, args: argparse.Namespace, device: torch.device,
            timings: list[Timing], flops: Flops, throughputs: list[Throughput],
            peak: float) -> str:
     m = config.model
-    ref = next(t for t in timings if PATHS[t.path][0])
+    ref = next(t for t in timings if paths(device)[t.path][0])
     lines = [
         "# ECON training speed",
         "",
@@ -327,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     config = build_config(args)
     images = make_images(config, args.batch, args.seed, device)
-    timings = [time_path(config, images, path, args, device) for path in PATHS]
+    timings = [time_path(config, images, path, args, device) for path in paths(device)]
     flops = count_flops(config, images, args, device)
     throughputs = time_inference(config, images, args, device)
     peak = measure_matmul_peak(device)

@@ -204,13 +204,18 @@ def run_path(model: ECON, images: Tensor, reference: bool, seed: int) -> tuple[T
 def test_fast_path_equals_reference_in_float64(
     model: ECON, images: Tensor, seed: int, grouped: bool
 ) -> None:
-    """Both layouts of the competition (one grouped computation, a loop over experts)."""
-    model.grouped_competition = grouped
+    """Both layouts of the experts (one grouped computation, a loop over experts), for the
+    competition and for the winners' recomputation."""
+    model.grouped = grouped
     model.double()
     x = images.double()
     loss_fast, winner_fast, grad_fast, score_fast = run_path(model, x, False, seed)
     loss_ref, winner_ref, grad_ref, score_ref = run_path(model, x, True, seed)
     assert torch.equal(winner_fast, winner_ref)
+    # several experts win within a step, in no sorted order: the winners' sub-batches are
+    # scattered back to their images
+    assert any(torch.unique(w).numel() > 1 and not torch.equal(w, w.sort().values)
+               for w in winner_fast.T)
     torch.testing.assert_close(score_fast, score_ref, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(loss_fast, loss_ref, rtol=1e-10, atol=0)
     assert grad_fast.abs().sum() > 0
@@ -223,7 +228,7 @@ def test_competition_layouts_agree(model: ECON, images: Tensor) -> None:
     x = images.double()
     outputs = []
     for grouped in (True, False):
-        model.grouped_competition = grouped
+        model.grouped = grouped
         torch.manual_seed(1)
         outputs.append(model.infer(x, stochastic=True).decomposition)
     grouped_out, loop_out = outputs

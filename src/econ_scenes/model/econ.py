@@ -7,15 +7,17 @@ shrinks by the winner's region (14); the last step gives every expert the remain
 Two paths give the same losses, winners and gradients:
 
 * fast (default): the competition runs all K experts without grad, then the winners alone are
-  recomputed with gradient, each image with its own expert's parameters, in one grouped
-  computation. No graph is built for the losers.
+  recomputed with gradient, each image with its own expert's parameters. No graph is built for
+  the losers.
 * reference: every expert's graph is kept and the winners' terms gathered afterwards. It exists
   for tests and benchmarks.
 
-The competition runs the K experts either as one grouped computation or as a loop over experts
-with dense convolutions. On CPUs the loop is used: oneDNN's dense convolutions beat its grouped
-ones there, by 5-10% of an iteration as measured (docs/performance.md). GPUs use the grouped
-computation. Both give the same proposals.
+Both the competition and the winners' recomputation run the experts in one of two layouts: one
+grouped computation (stacked parameters, grouped convolutions; the winners as B groups, one
+per image), or a loop over experts with dense convolutions (the winners as one sub-batch per
+expert). On CPUs the loop is used: oneDNN's dense convolutions beat its grouped ones there
+(docs/performance.md has the measurements). GPUs use the grouped layout. Both give the same
+proposals.
 """
 
 from __future__ import annotations
@@ -55,9 +57,9 @@ class ECON(nn.Module):
         config.validate()
         self.config = config
         self.experts = Experts(config)
-        # The competition's layout: all K experts in one grouped computation (True), a loop
-        # over experts (False), or None: grouped on GPUs, the loop on CPUs.
-        self.grouped_competition: bool | None = None
+        # Layout of the experts' computations: one grouped computation (True), a loop over
+        # experts (False), or None: grouped on GPUs, the loop on CPUs.
+        self.grouped: bool | None = None
 
     def freeze_experts(self, experts: tuple[int, ...]) -> None:
         """Zero the gradients of the given experts' slices of every stacked parameter, so that
@@ -190,16 +192,15 @@ class ECON(nn.Module):
         chosen = self._winners_forward(images, log_scope, given, winner, noise)
         return chosen, step_losses(images, chosen, cfg.sigma_x), winner, score
 
+    def _grouped(self, device: torch.device) -> bool:
+        return device.type != "cpu" if self.grouped is None else self.grouped
+
     def _propose(self, images: Tensor, log_scope: Tensor, noise: Tensor | None,
                  given: Tensor | None) -> Proposal:
         """Every expert's proposal for every image → (B, K, ...)."""
         k = self.config.n_experts
-        device = images.device
-        grouped = self.grouped_competition
-        if grouped is None:
-            grouped = device.type != "cpu"
-        everyone = torch.arange(k, device=device)
-        if grouped:
+        everyone = torch.arange(k, device=images.device)
+        if self._grouped(images.device):
             return self.experts(images, log_scope, everyone, shared=True, noise=noise,
                                 log_region=given)
         return Proposal.cat([
@@ -212,17 +213,29 @@ class ECON(nn.Module):
         self, images: Tensor, log_scope: Tensor, given: Tensor | None, winner: Tensor,
         noise: Tensor | None,
     ) -> Proposal:
-        """Recompute each image with its winner's parameters, in the (1, B) layout, with grad."""
+        """Recompute each image (B, ...) with its winner's parameters, with grad → (B, 1, ...)."""
         batch, _, height, width = images.shape
         rows = torch.arange(batch, device=images.device)
-        return self.experts(
-            images.reshape(1, batch * 3, height, width),
-            log_scope.reshape(1, batch, height, width),
-            winner,
-            shared=False,
-            noise=None if noise is None else noise[rows, winner].unsqueeze(0),
-            log_region=None if given is None else given.reshape(1, batch, height, width),
-        ).per_image()
+        if self._grouped(images.device):
+            return self.experts(
+                images.reshape(1, batch * 3, height, width),
+                log_scope.reshape(1, batch, height, width),
+                winner,
+                shared=False,
+                noise=None if noise is None else noise[rows, winner].unsqueeze(0),
+                log_region=None if given is None else given.reshape(1, batch, height, width),
+            ).per_image()
+        parts, order = [], []
+        for e in torch.unique(winner).tolist():
+            mine = (winner == e).nonzero().squeeze(1)
+            parts.append(self.experts(
+                images[mine], log_scope[mine], winner[mine[:1]], shared=True,
+                noise=None if noise is None else noise[mine, e : e + 1],
+                log_region=None if given is None else given[mine]))
+            order.append(mine)
+        inverse = torch.empty_like(winner)
+        inverse[torch.cat(order)] = rows
+        return Proposal.stack_images(parts).take(inverse)
 
     @staticmethod
     def _next_scope(log_scope: Tensor, chosen: Proposal, given: Tensor | None) -> Tensor:

@@ -48,6 +48,19 @@ class Proposal:
         """Winner layout (1, B, ...) → (B, 1, ...)."""
         return self._map(lambda t: t.transpose(0, 1))
 
+    def take(self, rows: Tensor) -> Proposal:
+        """Reorder the images: (N, ...) → (len(rows), ...)."""
+        return self._map(lambda t: t[rows])
+
+    @staticmethod
+    def stack_images(proposals: list[Proposal]) -> Proposal:
+        """Concatenate along the image axis: list of (N_i, G, ...) → (Σ N_i, G, ...)."""
+        return Proposal(**{
+            f.name: None if getattr(proposals[0], f.name) is None
+            else torch.cat([getattr(p, f.name) for p in proposals], dim=0)
+            for f in fields(Proposal)
+        })
+
     @staticmethod
     def cat(proposals: list[Proposal]) -> Proposal:
         """Concatenate along the expert axis: list of (N, 1, ...) → (N, G, ...)."""
