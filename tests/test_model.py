@@ -237,6 +237,22 @@ def test_competition_layouts_agree(model: ECON, images: Tensor) -> None:
     torch.testing.assert_close(grouped_out.region, loop_out.region, rtol=1e-10, atol=1e-12)
 
 
+def test_a_handicap_moves_the_winners_but_not_the_scores(model: ECON, images: Tensor) -> None:
+    """infer's handicap (K,) is added to the scores before the winner is chosen."""
+    k = model.config.n_experts
+    with torch.no_grad():
+        plain = model.infer(images, stochastic=False).decomposition
+        favour = torch.zeros(k)
+        favour[1] = -1e6  # a bonus far beyond any score difference
+        favoured = model.infer(images, stochastic=False, handicap=favour).decomposition
+        barred = model.infer(images, stochastic=False,
+                             handicap=torch.full((k,), 1e6).index_fill(0, torch.tensor([2]), 0.0)
+                             ).decomposition
+    assert (favoured.winner == 1).all() and (barred.winner == 2).all()
+    assert not (plain.winner == 1).all()
+    torch.testing.assert_close(favoured.step_scores[:, 0], plain.step_scores[:, 0])
+
+
 def test_the_band_price_enters_the_competition(tiny_model_config: ModelConfig,
                                                images: Tensor) -> None:
     """competition_max_region reaches the scores: with M below every region's area, each

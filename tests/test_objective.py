@@ -12,7 +12,12 @@ import pytest
 import torch
 from torch import Tensor
 
-from econ_scenes.model.competition import choose_winner, competition_score, gumbel_noise
+from econ_scenes.model.competition import (
+    choose_winner,
+    competition_score,
+    gumbel_noise,
+    usage_handicap,
+)
 from econ_scenes.model.experts import Proposal
 from econ_scenes.model.objective import (
     StepLosses,
@@ -282,6 +287,17 @@ def test_hinge_price_charges_only_regions_below_the_minimum() -> None:
     both = competition_score(zero, proposal, lam=1.0, scope_cost=3.0, min_region=0.2,
                              max_region=0.4)
     assert both[0].tolist() == pytest.approx([3.0 * 20 / 100, 0.0, 3.0 * 20 / 100], abs=1e-9)
+
+
+def test_usage_handicap_charges_frequent_winners_and_pays_rare_ones() -> None:
+    handicap = torch.zeros(4, dtype=torch.float64)
+    wins = torch.tensor([10, 5, 5, 0])  # shares 0.5, 0.25, 0.25, 0 against 1/K = 0.25
+    updated = usage_handicap(handicap, wins, rate=0.2)
+    assert updated.tolist() == pytest.approx([0.2 * 0.25, 0.0, 0.0, -0.2 * 0.25], abs=1e-15)
+    assert updated.sum().item() == pytest.approx(0.0, abs=1e-15)
+    # Balanced usage leaves it where it is; it integrates over iterations.
+    assert torch.equal(usage_handicap(updated, torch.tensor([3, 3, 3, 3]), rate=0.2), updated)
+    assert usage_handicap(updated, wins, rate=0.2)[0].item() == pytest.approx(0.1)
 
 
 def test_choose_winner_without_noise_is_argmin() -> None:

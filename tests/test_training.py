@@ -115,6 +115,26 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(
     assert load_checkpoint(run_dir)["schedule"] == load_checkpoint(finished_run)["schedule"]
 
 
+def test_resume_continues_the_usage_balance(
+    tmp_path: Path, tiny_scenes_npz: Path, tiny_model_config: ModelConfig
+) -> None:
+    """The handicap of the usage balance is part of the checkpoint: halves equal one run."""
+    model = dataclasses.replace(tiny_model_config, competition_balance=1.0)
+    config = tiny_run_config(model, eval_every=1000, image_every=0)
+    whole = train(tmp_path / "whole", config=config, data=tiny_scenes_npz,
+                  budget={"max_iterations": ITERATIONS}, progress=False)
+    train(tmp_path / "halves", config=config, data=tiny_scenes_npz,
+          budget={"max_iterations": ITERATIONS // 2}, progress=False)
+    rest = train(tmp_path / "halves", resume=True, budget={"max_iterations": ITERATIONS},
+                 progress=False)
+    assert whole.iterations == rest.iterations == ITERATIONS
+    handicap = load_checkpoint(tmp_path / "whole")["handicap"]
+    assert len(handicap) == 2 and abs(handicap[0]) > 1e-3
+    assert sum(handicap) == pytest.approx(0.0, abs=1e-12)
+    assert load_checkpoint(tmp_path / "halves")["handicap"] == handicap
+    assert_same_weights(tmp_path / "halves", tmp_path / "whole")
+
+
 def test_resume_after_ctrl_c_gives_the_weights_of_an_uninterrupted_run(
     tmp_path: Path, finished_run: Path, tiny_scenes_npz: Path, tiny_model_config: ModelConfig,
     monkeypatch: pytest.MonkeyPatch,

@@ -58,6 +58,11 @@ class ModelConfig:
     # < 1 (with competition_min_region > 0): also c per pixel a region exceeds this fraction of
     # the image, a prior that objects in front are smaller than the background behind them.
     competition_max_region: float = 1.0
+    # > 0: usage balance ("conscience"): during training each expert's score carries a
+    # handicap that grows by this rate times (its share of the wins − 1/K) every iteration, so
+    # an expert that wins too often (e.g. one class and the background) loses its marginal
+    # wins to one that wins too rarely (see model/competition.py). 0 = the paper's competition.
+    competition_balance: float = 0.0
     attention_bias: float = -3.0
 
     def temperature(self, iteration: int) -> float:
@@ -114,7 +119,7 @@ class ModelConfig:
             raise EconError("competition_temperature_start and competition_anneal_iterations "
                             "must be >= 0")
         for name in ("beta", "gamma", "competition_lambda", "competition_scope_cost",
-                     "competition_scope_cost_start"):
+                     "competition_scope_cost_start", "competition_balance"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise EconError(f"{name} must be a finite number >= 0, got {value}")

@@ -15,6 +15,14 @@ m·D more pixels earn nothing, and the shape term L_r (holes cost) decides who c
 an object in front covers at most a fraction M of the image, so a background-sized region
 loses to an object-sized one at the steps before the last (the last step's region is given,
 the same for every expert, so the price does not change its winner).
+
+Winner-take-all training has stable partitions that are not one expert per class: two experts
+can share the background (each trained only on the colours it already wins), so neither
+becomes better at all of it. ``usage_handicap`` is a conscience in the sense of competitive
+learning (DeSieno, 1988): during training an expert that wins more than its share 1/K of the
+steps pays a growing handicap on its score, one that wins less gets a bonus, until the usage
+is balanced. When every expert owns one of K equally frequent classes the handicaps stop
+moving; evaluation uses the scores alone.
 """
 
 from __future__ import annotations
@@ -54,3 +62,12 @@ def choose_winner(score: Tensor, temperature: float, gumbel: Tensor | None) -> T
     if gumbel is not None:
         logits = logits + gumbel
     return logits.argmax(dim=-1)
+
+
+def usage_handicap(handicap: Tensor, wins: Tensor, rate: float) -> Tensor:
+    """One update of the training-time handicap (K,): handicap + rate·(share of wins − 1/K).
+
+    wins: (K,) number of steps each expert won in this iteration's batch (all processes).
+    """
+    share = wins.to(handicap.dtype) / wins.sum().clamp_min(1)
+    return handicap + rate * (share - 1.0 / handicap.numel())

@@ -96,6 +96,7 @@ class ECON(nn.Module):
         n_steps: int | None = None,
         temperature: float | None = None,
         scope_cost: float | None = None,
+        handicap: Tensor | None = None,
         shard: tuple[int, int] = (0, 1),
     ) -> Inference:
         """Decompose images (B, 3, H, W) in [0, 1] front to back.
@@ -107,7 +108,9 @@ class ECON(nn.Module):
         scenes with more objects than seen in training). temperature: competition τ (default:
         the configured one; training passes the annealed value). scope_cost: the competition's
         price c per unexplained pixel (default: the configured one; training passes the
-        scheduled value).
+        scheduled value). handicap: (K,) added to every image's scores before the winner is
+        chosen (training's usage balance, see :func:`usage_handicap`); the recorded step_scores
+        are the scores without it.
         shard: (index, count) when these images are rows [index·B, (index+1)·B) of a batch of
         count·B split over processes: the random draws are made for the whole batch and sliced,
         so data-parallel training samples exactly what one process would on the whole batch.
@@ -138,7 +141,8 @@ class ECON(nn.Module):
             chosen, terms, winner, score = self._step(
                 images, log_scope, given, stochastic, reference,
                 cfg.competition_temperature if temperature is None else temperature,
-                cfg.competition_scope_cost if scope_cost is None else scope_cost, shard)
+                cfg.competition_scope_cost if scope_cost is None else scope_cost, handicap,
+                shard)
             step_total = terms.total(cfg.beta, cfg.gamma).mean()
             loss = loss + step_total
             for name in totals:
@@ -163,7 +167,8 @@ class ECON(nn.Module):
 
     def _step(
         self, images: Tensor, log_scope: Tensor, given: Tensor | None, stochastic: bool,
-        reference: bool, temperature: float, scope_cost: float, shard: tuple[int, int],
+        reference: bool, temperature: float, scope_cost: float, handicap: Tensor | None,
+        shard: tuple[int, int],
     ) -> tuple[Proposal, StepLosses, Tensor, Tensor]:
         """One inference step → winner's proposal (B, 1, ...), its losses (B, 1), winner (B,),
         competition scores (B, K)."""
@@ -182,7 +187,8 @@ class ECON(nn.Module):
         score = competition_score(losses, proposals, cfg.competition_lambda,
                                   scope_cost, cfg.competition_min_region,
                                   cfg.competition_max_region).detach()
-        winner = choose_winner(score, temperature, gumbel)
+        winner = choose_winner(score if handicap is None else score + handicap, temperature,
+                               gumbel)
         if reference or not track:
             chosen = proposals.select(winner)
             rows = torch.arange(batch, device=device)

@@ -116,12 +116,15 @@ class Objective(nn.Module):
         self.model = model
 
     def forward(self, images: Tensor, gt_regions: Tensor | None, iteration: int,
-                shard: tuple[int, int]) -> tuple[Tensor, Inference]:
-        """The loss of one training step, with the competition's schedule at ``iteration``."""
+                shard: tuple[int, int], handicap: Tensor | None = None,
+                ) -> tuple[Tensor, Inference]:
+        """The loss of one training step, with the competition's schedule at ``iteration``
+        and the usage balance's ``handicap`` (K,)."""
         cfg = self.model.config
         out = self.model.infer(images, stochastic=True, gt_regions=gt_regions,
                                temperature=cfg.temperature(iteration),
-                               scope_cost=cfg.scope_cost(iteration), shard=shard)
+                               scope_cost=cfg.scope_cost(iteration), handicap=handicap,
+                               shard=shard)
         return out.loss, out
 
 

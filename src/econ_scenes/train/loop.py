@@ -29,6 +29,7 @@ from econ_scenes.config import RunConfig, override
 from econ_scenes.data import Scenes, load_scenes
 from econ_scenes.errors import EconError
 from econ_scenes.model import ECON
+from econ_scenes.model.competition import usage_handicap
 from econ_scenes.train.checkpoint import (
     CONFIG,
     RUN_INFO,
@@ -235,14 +236,15 @@ def _train(run_dir: Path, config: RunConfig, data: Path, val: Path | None, resum
     optimiser = torch.optim.Adam(model.parameters(), lr=config.train.lr)
     schedule = Plateau(lr=config.train.lr)
     iteration, elapsed = 0, 0.0
+    handicap = torch.zeros(config.model.n_experts, dtype=torch.float64)
     if resume:
-        iteration, elapsed = _restore(run_dir, model, optimiser, schedule)
+        iteration, elapsed, handicap = _restore(run_dir, model, optimiser, schedule)
     elif config.train.init_from:
         _initialise(model, Path(config.train.init_from))
     model.freeze_experts(config.train.frozen_experts)
     session = _Session(
         run_dir=run_dir, config=config, model=model, objective=wrap(model, cluster, device),
-        optimiser=optimiser, schedule=schedule,
+        optimiser=optimiser, schedule=schedule, handicap=handicap.to(device),
         data=TrainingData.open(data, val, config, device, cluster), cluster=cluster,
         writer=(SummaryWriter(str(run_dir / "tb"), purge_step=iteration or None)
                 if cluster.is_main else None),
@@ -282,7 +284,9 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
 
 
 def _restore(run_dir: Path, model: ECON, optimiser: torch.optim.Optimizer,
-             schedule: Plateau) -> tuple[int, float]:
+             schedule: Plateau) -> tuple[int, float, torch.Tensor]:
+    """Weights, optimiser, schedule and random state of a checkpoint → iteration, minutes and
+    the usage balance's handicap (zeros for checkpoints written before it existed)."""
     state = load_checkpoint(run_dir)
     try:
         model.load_state_dict(state["model"])
@@ -294,12 +298,18 @@ def _restore(run_dir: Path, model: ECON, optimiser: torch.optim.Optimizer,
     torch.set_rng_state(state["rng"]["torch"])
     if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return int(state["iteration"]), float(state.get("minutes", 0.0))
+    handicap = torch.as_tensor(state.get("handicap", [0.0] * model.config.n_experts),
+                               dtype=torch.float64)
+    if handicap.shape != (model.config.n_experts,):
+        raise EconError(f"checkpoint in {run_dir} has a handicap of shape "
+                        f"{tuple(handicap.shape)} for {model.config.n_experts} experts")
+    return int(state["iteration"]), float(state.get("minutes", 0.0)), handicap
 
 
 def _checkpoint(run_dir: Path, model: ECON, optimiser: torch.optim.Optimizer, schedule: Plateau,
-                iteration: int, minutes: float) -> None:
+                handicap: torch.Tensor, iteration: int, minutes: float) -> None:
     save_checkpoint(run_dir, {
+        "handicap": handicap.tolist(),
         "model": model.state_dict(),
         "optimiser": optimiser.state_dict(),
         "schedule": dataclasses.asdict(schedule),
@@ -337,6 +347,7 @@ class _Session:
     objective: torch.nn.Module
     optimiser: torch.optim.Optimizer
     schedule: Plateau
+    handicap: torch.Tensor  # (K,) the usage balance's handicap, float64
     data: TrainingData
     cluster: Cluster
     writer: SummaryWriter | None
@@ -357,7 +368,8 @@ class _Session:
                 self.bar.update(1)
                 self.bar.set_postfix(loss=f"{out.loss.item():.1f}", lr=f"{self.schedule.lr:.1e}")
                 if self.writer is not None and iteration % 10 == 0:
-                    _log_train(self.writer, out, iteration, self.schedule.lr, self.config)
+                    _log_train(self.writer, out, iteration, self.schedule.lr, self.config,
+                               self.handicap)
                 if iteration % tc.eval_every == 0:
                     stop_reason = self.validate(iteration, minutes)
                 if tc.max_minutes and minutes >= tc.max_minutes:
@@ -380,8 +392,10 @@ class _Session:
         for group in self.optimiser.param_groups:
             group["lr"] = self.schedule.lr
         images, gt = self.data.batch(iteration)
+        rate = self.config.model.competition_balance
+        handicap = self.handicap.float() if rate > 0 else None
         with autocast(self.data.device, tc.precision):
-            loss, out = self.objective(images, gt, iteration, self.cluster.shard)
+            loss, out = self.objective(images, gt, iteration, self.cluster.shard, handicap)
         if not torch.isfinite(loss):
             raise EconError(f"loss became {loss.item()} at iteration {iteration}: the run "
                             "diverged (try a lower --lr)")
@@ -390,6 +404,13 @@ class _Session:
         if tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.optimiser.step()
+        if rate > 0:
+            k = self.config.model.n_experts
+            wins = torch.bincount(out.decomposition.winner.flatten(), minlength=k)
+            total = self.cluster.sum(wins.tolist(), self.data.device)
+            self.handicap = usage_handicap(
+                self.handicap, torch.tensor(total, dtype=torch.float64, device=self.handicap.device),
+                rate)
         return out
 
     def validate(self, iteration: int, minutes: float) -> str:
@@ -418,8 +439,8 @@ class _Session:
         if tc.snapshot_every and iteration % tc.snapshot_every == 0:
             save_snapshot(self.run_dir, self.model, iteration, minutes)
         if iteration % tc.checkpoint_every == 0 or final:
-            _checkpoint(self.run_dir, self.model, self.optimiser, self.schedule, iteration,
-                        minutes)
+            _checkpoint(self.run_dir, self.model, self.optimiser, self.schedule, self.handicap,
+                        iteration, minutes)
 
     def close(self) -> None:
         self.bar.close()
@@ -428,7 +449,7 @@ class _Session:
 
 
 def _log_train(writer: SummaryWriter, out: Any, iteration: int, lr: float,
-               config: RunConfig) -> None:
+               config: RunConfig, handicap: torch.Tensor) -> None:
     writer.add_scalar("train/loss", out.loss.item(), iteration)
     for name, value in out.terms.items():
         writer.add_scalar(f"train/{name}", float(value), iteration)
@@ -439,3 +460,6 @@ def _log_train(writer: SummaryWriter, out: Any, iteration: int, lr: float,
     for t, row in enumerate(rates):
         for k, rate in enumerate(row):
             writer.add_scalar(f"win_rate/step{t + 1}/expert{k}", float(rate), iteration)
+    if config.model.competition_balance > 0:
+        for k, value in enumerate(handicap.tolist()):
+            writer.add_scalar(f"handicap/expert{k}", value, iteration)
