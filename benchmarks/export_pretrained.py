@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     target = args.root / args.name
     target.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "model.safetensors", "prior.json"):
+    for name in ("config.json", "model.safetensors", "prior.json", "latents.json"):
         if (args.run / name).exists():
             shutil.copy2(args.run / name, target / name)
     state = load_checkpoint(args.run)

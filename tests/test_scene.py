@@ -15,7 +15,7 @@ from econ_scenes.config import ModelConfig, RunConfig, TrainConfig
 from econ_scenes.data import Scenes
 from econ_scenes.errors import EconError
 from econ_scenes.model import ECON
-from econ_scenes.scene import SceneModel, SequencePrior, layer_scene
+from econ_scenes.scene import LatentPrior, SceneModel, SequencePrior, layer_scene
 from econ_scenes.train import train
 from econ_scenes.types import Decomposition
 
@@ -117,6 +117,54 @@ def test_sequence_prior_fit_and_sample() -> None:
     assert dict(zip(prior.sequences, prior.probabilities, strict=True)) == {(0, 1): 0.75, (0, 2): 0.25}
     draws = prior.sample(2000, np.random.default_rng(0))
     assert abs(sum(s == (0, 1) for s in draws) / 2000 - 0.75) < 0.05
+
+
+def test_latent_prior_fits_each_experts_latents_and_samples_them() -> None:
+    """Expert 0's latents sit around (3, −2), expert 1's around (−4, 1); expert 2 has too few
+    and keeps N(0, I). Samples follow the fitted densities; the file round-trips."""
+    generator = torch.Generator().manual_seed(0)
+    n = 200
+    latent = torch.zeros(n, 2, 2)
+    latent[:, 0] = torch.tensor([3.0, -2.0]) + 0.1 * torch.randn(n, 2, generator=generator)
+    latent[:, 1] = torch.tensor([-4.0, 1.0]) + 0.5 * torch.randn(n, 2, generator=generator)
+    winner = torch.tensor([[0, 1]]).repeat(n, 1)
+    winner[:5, 1] = 2
+    region = torch.ones(n, 2, 4, 4)
+    d = Decomposition(winner=winner, region=region, scope=region,
+                      appearance=torch.zeros(n, 2, 3, 4, 4), shape=region, latent=latent,
+                      step_scores=torch.zeros(n, 2, 3), reconstruction=torch.zeros(n, 3, 4, 4))
+    prior = LatentPrior.fit(d, min_pixels=1)
+    assert set(prior.mixtures) == {0, 1}
+    experts = torch.tensor([0] * 3000 + [1] * 3000 + [2] * 3000)
+    z = prior.sample(experts, 2, torch.Generator().manual_seed(1))
+    assert z.shape == (9000, 2)
+    # against the data each mixture was fitted to (sampling error: σ/√3000)
+    torch.testing.assert_close(z[:3000].mean(0), latent[:, 0].mean(0), atol=0.01, rtol=0)
+    torch.testing.assert_close(z[:3000].std(0), latent[:, 0].std(0), atol=0.01, rtol=0)
+    torch.testing.assert_close(z[3000:6000].mean(0), latent[5:, 1].mean(0), atol=0.04, rtol=0)
+    torch.testing.assert_close(z[6000:].mean(0), torch.zeros(2), atol=0.06, rtol=0)
+    torch.testing.assert_close(z[6000:].std(0), torch.ones(2), atol=0.06, rtol=0)
+
+
+def test_fit_prior_writes_the_latent_prior_that_sampling_then_uses(
+        scene_model: SceneModel, tiny_scenes: Scenes, tmp_path: Path) -> None:
+    scene_model.save(tmp_path / "run")
+    loaded = SceneModel.load(tmp_path / "run")
+    assert loaded.latent_prior is None
+    standard = loaded.sample_expert(0, 4, seed=3)
+    loaded.fit_prior(tiny_scenes.images[:40], min_pixels=1)
+    assert (tmp_path / "run" / "latents.json").is_file()
+    again = SceneModel.load(tmp_path / "run")
+    assert again.latent_prior is not None and again.latent_prior.mixtures
+    fitted = next(iter(again.latent_prior.mixtures))
+    a = again.sample_expert(fitted, 4, seed=3)
+    b = loaded.sample_expert(fitted, 4, seed=3)
+    torch.testing.assert_close(a[0], b[0])
+    if fitted == 0:
+        assert not torch.equal(a[0], standard[0])
+    (tmp_path / "run" / "latents.json").write_text("{not json")
+    with pytest.raises(EconError, match="corrupt latent prior"):
+        SceneModel.load(tmp_path / "run")
 
 
 def test_prior_round_trip_and_unconditional_generation(scene_model: SceneModel, tiny_scenes: Scenes,

@@ -28,6 +28,7 @@ from econ_scenes.train.checkpoint import load_model, save_model
 from econ_scenes.types import Composition, Decomposition
 
 PRIOR_FILE = "prior.json"
+LATENT_FILE = "latents.json"
 
 
 def as_image_tensor(images: np.ndarray | Tensor, size: int) -> Tensor:
@@ -90,13 +91,91 @@ class SequencePrior:
         return cls(tuple(tuple(s) for s in data["sequences"]), tuple(data["probabilities"]))
 
 
+@dataclass(frozen=True)
+class LatentPrior:
+    """Per-expert Gaussian mixtures fitted to the posterior means of the latents each expert
+    used on training scenes: an ex-post density (Ghosh et al., 2020) to sample from instead of
+    N(0, I), whose regions the aggregate posterior of a small VAE leaves partly empty.
+
+    mixtures: expert → (weights (C,), means (C, L), Cholesky factors of the covariances
+    (C, L, L)); experts without enough latents are absent and sample from N(0, I).
+    """
+
+    mixtures: dict[int, tuple[Tensor, Tensor, Tensor]]
+
+    @classmethod
+    def fit(cls, decomposition: Decomposition, min_pixels: int, *, min_latents: int = 20,
+            max_components: int = 8, seed: int = 0) -> LatentPrior:
+        from sklearn.mixture import GaussianMixture
+
+        area = (decomposition.region > 0.5).sum(dim=(-2, -1)).cpu()  # (N, T)
+        latents = decomposition.latent.cpu().double()
+        winners = decomposition.winner.cpu()
+        mixtures = {}
+        for k in winners.unique().tolist():
+            points = latents[(winners == k) & (area >= min_pixels)].numpy()
+            if len(points) < min_latents:
+                continue
+            components = max(1, min(max_components, len(points) // 50))
+            gmm = GaussianMixture(components, covariance_type="full", reg_covar=1e-4,
+                                  random_state=seed).fit(points)
+            mixtures[int(k)] = (torch.as_tensor(gmm.weights_, dtype=torch.float64),
+                                torch.as_tensor(gmm.means_, dtype=torch.float64),
+                                torch.linalg.cholesky(torch.as_tensor(gmm.covariances_)))
+        return cls(mixtures)
+
+    def sample(self, experts: Tensor, latent_dim: int, generator: torch.Generator) -> Tensor:
+        """One latent per entry of ``experts`` (any shape; −1 = none) → (*experts.shape, L)."""
+        flat = experts.reshape(-1)
+        noise = torch.randn(flat.numel(), latent_dim, generator=generator, dtype=torch.float64)
+        out = noise.clone()
+        for k, (weights, means, chol) in self.mixtures.items():
+            rows = (flat == k).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            component = torch.multinomial(weights, rows.numel(), replacement=True,
+                                          generator=generator)
+            out[rows] = means[component] + (chol[component] @ noise[rows].unsqueeze(-1)).squeeze(-1)
+        return out.float().reshape(*experts.shape, latent_dim)
+
+    def save(self, path: Path) -> None:
+        data = {str(k): {"weights": w.tolist(), "means": m.tolist(), "cholesky": c.tolist()}
+                for k, (w, m, c) in self.mixtures.items()}
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data) + "\n"))
+
+    @classmethod
+    def load(cls, path: Path) -> LatentPrior:
+        try:
+            data = json.loads(path.read_text())
+            mixtures = {int(k): tuple(torch.tensor(v[name], dtype=torch.float64)
+                                      for name in ("weights", "means", "cholesky"))
+                        for k, v in data.items()}
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise EconError(f"corrupt latent prior {path}: {error}") from error
+        return cls(mixtures)  # type: ignore[arg-type]
+
+
 class SceneModel:
-    """A trained ECON ensemble, ready to take scenes apart and put new ones together."""
+    """A trained ECON ensemble, ready to take scenes apart and put new ones together.
+
+    latent_prior: where sampled latents come from: the fitted :class:`LatentPrior` of the run
+    (``latents.json``, written by :meth:`fit_prior`) when there is one, else N(0, I) (None).
+    """
 
     def __init__(self, model: ECON, config: RunConfig, run_dir: Path | None = None) -> None:
         self.model = model.eval()
         self.config = config
         self.run_dir = run_dir
+        self.latent_prior: LatentPrior | None = None
+        if run_dir is not None and (run_dir / LATENT_FILE).is_file():
+            self.latent_prior = LatentPrior.load(run_dir / LATENT_FILE)
+
+    def _draw_latents(self, experts: Tensor, generator: torch.Generator) -> Tensor:
+        """Latents for experts (any shape) → (*experts.shape, L)."""
+        dim = self.config.model.latent_dim
+        if self.latent_prior is None:
+            return torch.randn(*experts.shape, dim, generator=generator)
+        return self.latent_prior.sample(experts, dim, generator)
 
     @classmethod
     def load(cls, run_dir: Path | str, device: str = "cpu") -> SceneModel:
@@ -155,7 +234,7 @@ class SceneModel:
         if n < 1:
             raise EconError(f"n must be >= 1, got {n}")
         generator = torch.Generator().manual_seed(seed)
-        latent = torch.randn(1, n, self.config.model.latent_dim, generator=generator)
+        latent = self._draw_latents(torch.full((1, n), k, dtype=torch.long), generator)
         experts = torch.full((n,), k, dtype=torch.long, device=self.device)
         appearance, shape = self.model.experts.generate(latent.to(self.device), experts)
         return appearance[0].cpu(), shape[0].cpu()
@@ -180,7 +259,7 @@ class SceneModel:
                 self.check_expert(int(k))
         generator = torch.Generator().manual_seed(seed)
         batch, steps = layers.shape
-        latent = torch.randn(batch, steps, self.config.model.latent_dim, generator=generator)
+        latent = self._draw_latents(layers, generator)
         flat = layers.reshape(-1).clamp_min(0).to(self.device)
         appearance, shape = self.model.experts.generate(
             latent.reshape(1, batch * steps, -1).to(self.device), flat)
@@ -194,11 +273,15 @@ class SceneModel:
 
     def fit_prior(self, images: np.ndarray | Tensor, *, min_pixels: int | None = None,
                   save: bool = True) -> SequencePrior:
-        """Fit p(k_1..k_T) from the winners on training scenes; stored as ``prior.json``."""
+        """Fit p(k_1..k_T) from the winners on training scenes (``prior.json``) and each expert's
+        latent density (:class:`LatentPrior`, ``latents.json``; used by sampling from now on)."""
         pixels = min_pixels if min_pixels is not None else max(4, self.image_size**2 // 200)
-        prior = SequencePrior.fit(self.decompose(images), pixels)
+        decomposition = self.decompose(images)
+        prior = SequencePrior.fit(decomposition, pixels)
+        self.latent_prior = LatentPrior.fit(decomposition, pixels)
         if save and self.run_dir is not None:
             prior.save(self.run_dir / PRIOR_FILE)
+            self.latent_prior.save(self.run_dir / LATENT_FILE)
         return prior
 
     def prior(self) -> SequencePrior:
