@@ -241,7 +241,7 @@ class ECON(nn.Module):
             order.append(mine)
         inverse = torch.empty_like(winner)
         inverse[torch.cat(order)] = rows
-        return Proposal.stack_images(parts).take(inverse)
+        return Proposal.cat(parts, dim=0).take(inverse)
 
     @staticmethod
     def _next_scope(log_scope: Tensor, chosen: Proposal, given: Tensor | None) -> Tensor:

@@ -53,20 +53,12 @@ class Proposal:
         return self._map(lambda t: t[rows])
 
     @staticmethod
-    def stack_images(proposals: list[Proposal]) -> Proposal:
-        """Concatenate along the image axis: list of (N_i, G, ...) → (Σ N_i, G, ...)."""
+    def cat(proposals: list[Proposal], dim: int = 1) -> Proposal:
+        """Concatenate along the expert axis, list of (N, 1, ...) → (N, G, ...), or with dim=0
+        along the image axis, list of (N_i, G, ...) → (Σ N_i, G, ...)."""
         return Proposal(**{
             f.name: None if getattr(proposals[0], f.name) is None
-            else torch.cat([getattr(p, f.name) for p in proposals], dim=0)
-            for f in fields(Proposal)
-        })
-
-    @staticmethod
-    def cat(proposals: list[Proposal]) -> Proposal:
-        """Concatenate along the expert axis: list of (N, 1, ...) → (N, G, ...)."""
-        return Proposal(**{
-            f.name: None if getattr(proposals[0], f.name) is None
-            else torch.cat([getattr(p, f.name) for p in proposals], dim=1)
+            else torch.cat([getattr(p, f.name) for p in proposals], dim=dim)
             for f in fields(Proposal)
         })
 
