@@ -46,6 +46,24 @@ def test_override_and_errors(tmp_path: Path) -> None:
         RunConfig.load(tmp_path / "partial.json")
 
 
+@pytest.mark.parametrize(("raw", "expected"), [("true", True), ("False", False), ("1", True),
+                                                ("no", False), (True, True)])
+def test_boolean_overrides_from_the_command_line(raw: object, expected: bool) -> None:
+    """``--set train.gt_masks=true`` must give a bool, not the string "true"."""
+    single = override(preset("quick"), {"model.n_experts": 1})
+    assert override(single, {"train.gt_masks": raw}).train.gt_masks is expected
+
+
+def test_boolean_override_rejects_other_words() -> None:
+    with pytest.raises(EconError, match=r"train\.gt_masks must be true or false"):
+        override(preset("quick"), {"train.gt_masks": "maybe"})
+
+
+def test_balance_steps_are_checked() -> None:
+    with pytest.raises(EconError, match="competition_balance_steps must be one of"):
+        override(preset("quick"), {"model.competition_balance_steps": "first"})
+
+
 def test_temperature_anneals_geometrically_then_stays() -> None:
     model = dataclasses.replace(ModelConfig(), competition_temperature=0.25,
                                 competition_temperature_start=4.0,

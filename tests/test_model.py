@@ -253,6 +253,32 @@ def test_a_handicap_moves_the_winners_but_not_the_scores(model: ECON, images: Te
     torch.testing.assert_close(favoured.step_scores[:, 0], plain.step_scores[:, 0])
 
 
+@pytest.mark.parametrize("where", ["last", "bonus-last"])
+def test_a_bonus_only_at_the_last_step(tiny_model_config: ModelConfig, images: Tensor,
+                                       where: str) -> None:
+    """competition_balance_steps "last" and "bonus-last": a bonus leaves the object steps alone;
+    a penalty acts at every step with "bonus-last" and only at the last with "last"."""
+    model = build(dataclasses.replace(tiny_model_config, competition_balance=0.1,
+                                      competition_balance_steps=where))
+    k = tiny_model_config.n_experts
+    with torch.no_grad():
+        plain = model.infer(images, stochastic=False).decomposition
+        early = plain.winner[:, :-1]
+        expert = next(e for e in range(k) if not (early == e).all())
+        bonus = torch.zeros(k).index_fill(0, torch.tensor([expert]), -1e6)
+        favoured = model.infer(images, stochastic=False, handicap=bonus).decomposition
+        frequent = int(early.flatten().mode().values)
+        penalty = torch.zeros(k).index_fill(0, torch.tensor([frequent]), 1e6)
+        barred = model.infer(images, stochastic=False, handicap=penalty).decomposition
+    assert (favoured.winner[:, -1] == expert).all()
+    assert torch.equal(favoured.winner[:, :-1], early)
+    assert not (barred.winner[:, -1] == frequent).any()
+    if where == "last":
+        assert torch.equal(barred.winner[:, :-1], early)
+    else:
+        assert not (barred.winner[:, :-1] == frequent).any()
+
+
 def test_the_band_price_enters_the_competition(tiny_model_config: ModelConfig,
                                                images: Tensor) -> None:
     """competition_max_region reaches the scores: with M below every region's area, each

@@ -46,12 +46,24 @@ def test_compose_equals_layering_of_its_layers(scene_model: SceneModel) -> None:
                                c.appearance[:, 3].permute(0, 2, 3, 1)[front])
 
 
+def test_the_background_layer_is_full_unless_asked_otherwise(scene_model: SceneModel) -> None:
+    """m_1 = 1 (footnote 2): the back layer covers the canvas, so no pixel stays black; with
+    background=False it is thresholded like the others and, untrained, leaves holes."""
+    full = scene_model.compose([1, 0, 2], 4, seed=2)
+    drawn = scene_model.compose([1, 0, 2], 4, seed=2, background=False)
+    assert (full.shape[:, 0] == 1).all()
+    torch.testing.assert_close(full.shape[:, 1:], drawn.shape[:, 1:])
+    assert not (drawn.shape[:, 0] == 1).all()
+    torch.testing.assert_close(full.latent, drawn.latent)
+
+
 def test_compose_is_seeded_and_accepts_per_scene_sequences(scene_model: SceneModel) -> None:
     a = scene_model.compose([1, 0], 3, seed=1)
     b = scene_model.compose([1, 0], 3, seed=1)
     torch.testing.assert_close(a.image, b.image)
     ragged = scene_model.compose([[-1, 0, 1], [2, 1, 0]], seed=0)
     assert ragged.shape[0, 0].sum() == 0  # -1 marks no layer
+    assert (ragged.shape[0, 1] == 1).all() and (ragged.shape[1, 0] == 1).all()
     with pytest.raises(EconError, match="out of range"):
         scene_model.compose([0, 7], 2)
     with pytest.raises(EconError, match="n >= 1"):

@@ -15,6 +15,7 @@ from typing import Any
 
 from econ_scenes.errors import EconError
 
+BALANCE_STEPS = ("all", "last", "bonus-last")
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -63,6 +64,11 @@ class ModelConfig:
     # an expert that wins too often (e.g. one class and the background) loses its marginal
     # wins to one that wins too rarely (see model/competition.py). 0 = the paper's competition.
     competition_balance: float = 0.0
+    # Where the handicap acts (with competition_balance > 0): "all" steps; only the "last"
+    # step, whose region (the remaining scope, mostly background) is the same for every expert;
+    # or "bonus-last": penalties at every step, bonuses only at the last, so an expert that wins
+    # too rarely is pushed towards the background instead of stealing objects at the first steps.
+    competition_balance_steps: str = "all"
     attention_bias: float = -3.0
 
     def temperature(self, iteration: int) -> float:
@@ -118,6 +124,9 @@ class ModelConfig:
         if self.competition_temperature_start < 0 or self.competition_anneal_iterations < 0:
             raise EconError("competition_temperature_start and competition_anneal_iterations "
                             "must be >= 0")
+        if self.competition_balance_steps not in BALANCE_STEPS:
+            raise EconError(f"competition_balance_steps must be one of {', '.join(BALANCE_STEPS)}, "
+                            f"got {self.competition_balance_steps!r}")
         for name in ("beta", "gamma", "competition_lambda", "competition_scope_cost",
                      "competition_scope_cost_start", "competition_balance"):
             value = getattr(self, name)
@@ -230,14 +239,15 @@ PRESETS: dict[str, RunConfig] = {
     ),
     # CPU-sized: 32×32 scenes, a slimmer U-Net and decoder, a higher learning rate. L=3 (L=2
     # cannot hold position and size: blurry shapes), the hinge price (objects before the
-    # background) and the usage balance (one expert per class): docs/competition.md.
+    # background) and the usage balance with its bonuses at the last step only (one expert per
+    # class, one for the whole background): docs/competition.md.
     "quick": RunConfig(
         model=ModelConfig(image_size=32, latent_dim=3, vae_layers=3, vae_features=16,
                           unet_channels=(16, 32, 32, 32), unet_mlp_hidden=64,
                           beta=1.0, gamma=1.0, competition_lambda=1.0,
                           competition_temperature_start=2.0, competition_anneal_iterations=800,
                           competition_scope_cost=10.0, competition_min_region=0.05,
-                          competition_balance=0.1),
+                          competition_balance=0.1, competition_balance_steps="bonus-last"),
         train=TrainConfig(lr=1e-3, eval_every=100, max_iterations=3000),
         preset="quick",
     ),
@@ -251,6 +261,16 @@ def preset(name: str) -> RunConfig:
     return PRESETS[name]
 
 
+def _as_bool(key: str, value: Any) -> bool:
+    """A boolean override: True/False, or "true"/"false"/"yes"/"no"/"1"/"0" from the CLI."""
+    if isinstance(value, bool):
+        return value
+    words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    if str(value).strip().lower() in words:
+        return words[str(value).strip().lower()]
+    raise EconError(f"{key} must be true or false, got {value!r}")
+
+
 def override(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """Apply ``{"model.beta": 2.0, "train.lr": 1e-3, ...}`` style overrides and validate."""
     model = dataclasses.asdict(config.model)
@@ -260,6 +280,8 @@ def override(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         target = {"model": model, "train": train}.get(section)
         if target is None or name not in target:
             raise EconError(f"unknown config field {key!r}")
+        if isinstance(target[name], bool):
+            value = _as_bool(key, value)
         is_tuple = name in ("unet_channels", "frozen_experts")
         target[name] = tuple(value) if is_tuple and not isinstance(value, int) else value
         if is_tuple and isinstance(value, int):

@@ -241,11 +241,15 @@ class SceneModel:
 
     @torch.no_grad()
     def compose(self, experts: Sequence[int] | Sequence[Sequence[int]] | Tensor, n: int | None = None,
-                *, seed: int = 0, sample_shapes: bool = False) -> Composition:
+                *, seed: int = 0, sample_shapes: bool = False,
+                background: bool = True) -> Composition:
         """Generate scenes with the given experts back to front (section 2).
 
         experts: one sequence (T,) for all n scenes, or one per scene (B, T); -1 marks no layer.
         sample_shapes: draw m_t ~ Bernoulli(m̃) instead of thresholding m̃ at 0.5.
+        background: the back-most layer of each scene is the background, m_1 = 1 (the paper's
+        footnote 2), so no pixel is left empty where its sampled shape falls short; False
+        draws its shape like any other layer's.
         """
         layers = torch.as_tensor(experts, dtype=torch.long)
         if layers.ndim == 1:
@@ -267,7 +271,11 @@ class SceneModel:
         appearance = appearance.reshape(batch, steps, 3, size, size).cpu()
         shape = shape.reshape(batch, steps, size, size).cpu()
         drawn = torch.bernoulli(shape, generator=generator) if sample_shapes else (shape > 0.5).float()
-        drawn = drawn * (layers >= 0).float()[:, :, None, None]
+        present = layers >= 0
+        if background:
+            first = present & (present.long().cumsum(dim=1) == 1)
+            drawn = torch.where(first[:, :, None, None], torch.ones_like(drawn), drawn)
+        drawn = drawn * present.float()[:, :, None, None]
         return Composition(experts=layers.clone(), appearance=appearance, shape=drawn,
                            latent=latent, image=layer_scene(appearance, drawn))
 

@@ -22,7 +22,10 @@ becomes better at all of it. ``usage_handicap`` is a conscience in the sense of 
 learning (DeSieno, 1988): during training an expert that wins more than its share 1/K of the
 steps pays a growing handicap on its score, one that wins less gets a bonus, until the usage
 is balanced. When every expert owns one of K equally frequent classes the handicaps stop
-moving; evaluation uses the scores alone.
+moving; evaluation uses the scores alone. A handicap at every step lets an expert reach its
+share by stealing objects at the first steps instead of winning backgrounds at the last;
+``competition_balance_last_step`` applies it only at the last step, where every expert is
+given the same region.
 """
 
 from __future__ import annotations

@@ -109,8 +109,9 @@ class ECON(nn.Module):
         the configured one; training passes the annealed value). scope_cost: the competition's
         price c per unexplained pixel (default: the configured one; training passes the
         scheduled value). handicap: (K,) added to every image's scores before the winner is
-        chosen (training's usage balance, see :func:`usage_handicap`); the recorded step_scores
-        are the scores without it.
+        chosen (training's usage balance, see :func:`usage_handicap`; at the steps that
+        ``competition_balance_steps`` names); the recorded step_scores are the scores without
+        it.
         shard: (index, count) when these images are rows [index·B, (index+1)·B) of a batch of
         count·B split over processes: the random draws are made for the whole batch and sliced,
         so data-parallel training samples exactly what one process would on the whole batch.
@@ -141,8 +142,8 @@ class ECON(nn.Module):
             chosen, terms, winner, score = self._step(
                 images, log_scope, given, stochastic, reference,
                 cfg.competition_temperature if temperature is None else temperature,
-                cfg.competition_scope_cost if scope_cost is None else scope_cost, handicap,
-                shard)
+                cfg.competition_scope_cost if scope_cost is None else scope_cost,
+                self._step_handicap(handicap, last=t == steps - 1), shard)
             step_total = terms.total(cfg.beta, cfg.gamma).mean()
             loss = loss + step_total
             for name in totals:
@@ -164,6 +165,13 @@ class ECON(nn.Module):
         )
         terms_out = {k: torch.as_tensor(v).detach() for k, v in totals.items()}
         return Inference(decomposition, loss, terms_out)
+
+    def _step_handicap(self, handicap: Tensor | None, last: bool) -> Tensor | None:
+        """The part of the usage balance's handicap (K,) that acts at this step."""
+        where = self.config.competition_balance_steps
+        if handicap is None or last or where == "all":
+            return handicap
+        return None if where == "last" else handicap.clamp_min(0.0)  # bonus-last: penalties
 
     def _step(
         self, images: Tensor, log_scope: Tensor, given: Tensor | None, stochastic: bool,
