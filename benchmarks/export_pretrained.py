@@ -2,6 +2,7 @@
 was trained (iterations, minutes, machine). Then run ``econ evaluate`` into the same folder.
 
     python benchmarks/export_pretrained.py runs/quick unique
+    python benchmarks/export_pretrained.py runs/quick unique --snapshot 2500  # a kept snapshot
     econ evaluate pretrained/unique --data data/unique-test.npz --out pretrained/unique
 """
 
@@ -14,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from econ_scenes.train.checkpoint import load_checkpoint
 
@@ -37,13 +39,27 @@ def main() -> None:
     parser.add_argument("name")
     parser.add_argument("--root", type=Path, default=Path("pretrained"))
     parser.add_argument("--hardware", default=None, help="override the machine description")
+    parser.add_argument("--snapshot", type=int, default=None,
+                        help="ship the weights of snapshots/iter_<N>.safetensors instead of the "
+                             "run's final ones (fit the prior afterwards)")
     args = parser.parse_args()
     target = args.root / args.name
     target.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "model.safetensors", "prior.json", "latents.json"):
+    names = ["config.json", "model.safetensors", "prior.json", "latents.json"]
+    if args.snapshot is not None:
+        names = names[:1]
+        for stale in ("prior.json", "latents.json"):
+            (target / stale).unlink(missing_ok=True)
+        weights = args.run / "snapshots" / f"iter_{args.snapshot:06d}.safetensors"
+        shutil.copy2(weights, target / "model.safetensors")
+        with safe_open(str(weights), framework="pt") as handle:
+            state = {k: float(v) for k, v in handle.metadata().items()
+                     if k in ("iteration", "minutes")}
+    else:
+        state = load_checkpoint(args.run)
+    for name in names:
         if (args.run / name).exists():
             shutil.copy2(args.run / name, target / name)
-    state = load_checkpoint(args.run)
     run_info = json.loads((args.run / "run.json").read_text())
     info = {
         "iterations": int(state["iteration"]),
