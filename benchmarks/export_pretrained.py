@@ -45,21 +45,19 @@ def main() -> None:
     args = parser.parse_args()
     target = args.root / args.name
     target.mkdir(parents=True, exist_ok=True)
-    names = ["config.json", "model.safetensors", "prior.json", "latents.json"]
-    if args.snapshot is not None:
-        names = names[:1]
-        for stale in ("prior.json", "latents.json"):
-            (target / stale).unlink(missing_ok=True)
+    shutil.copy2(args.run / "config.json", target / "config.json")
+    if args.snapshot is None:
+        state = load_checkpoint(args.run)
+        for name in ("model.safetensors", "prior.json", "latents.json"):
+            if (args.run / name).exists():
+                shutil.copy2(args.run / name, target / name)
+    else:  # the run's priors belong to its final weights
         weights = args.run / "snapshots" / f"iter_{args.snapshot:06d}.safetensors"
         shutil.copy2(weights, target / "model.safetensors")
+        for stale in ("prior.json", "latents.json"):
+            (target / stale).unlink(missing_ok=True)
         with safe_open(str(weights), framework="pt") as handle:
-            state = {k: float(v) for k, v in handle.metadata().items()
-                     if k in ("iteration", "minutes")}
-    else:
-        state = load_checkpoint(args.run)
-    for name in names:
-        if (args.run / name).exists():
-            shutil.copy2(args.run / name, target / name)
+            state = handle.metadata()
     run_info = json.loads((args.run / "run.json").read_text())
     info = {
         "iterations": int(state["iteration"]),

@@ -17,6 +17,7 @@ from econ_scenes.errors import EconError
 
 BALANCE_STEPS = ("all", "last", "bonus-last")
 
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture and objective of an ECON ensemble.
@@ -266,8 +267,9 @@ def _as_bool(key: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
     words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
-    if str(value).strip().lower() in words:
-        return words[str(value).strip().lower()]
+    word = str(value).strip().lower()
+    if word in words:
+        return words[word]
     raise EconError(f"{key} must be true or false, got {value!r}")
 
 

@@ -50,6 +50,12 @@ def as_image_tensor(images: np.ndarray | Tensor, size: int) -> Tensor:
     return images
 
 
+def visible_steps(decomposition: Decomposition, min_pixels: int) -> Tensor:
+    """(N, T) bool: the steps whose region holds at least ``min_pixels`` pixels (objects that
+    priors learn from; the rest are empty steps)."""
+    return (decomposition.region > 0.5).sum(dim=(-2, -1)).cpu() >= min_pixels
+
+
 @dataclass(frozen=True)
 class SequencePrior:
     """p(k_1..k_T): empirical distribution of expert sequences (back to front) on training scenes.
@@ -63,11 +69,11 @@ class SequencePrior:
     @classmethod
     def fit(cls, decomposition: Decomposition, min_pixels: int = 8) -> SequencePrior:
         """Keep the steps whose region holds at least ``min_pixels`` pixels; reverse to back first."""
-        area = (decomposition.region > 0.5).sum(dim=(-2, -1)).cpu().numpy()  # (N, T)
+        visible = visible_steps(decomposition, min_pixels).numpy()
         winners = decomposition.winner.cpu().numpy()
         counts: Counter[tuple[int, ...]] = Counter()
-        for row_area, row_winner in zip(area, winners, strict=True):
-            kept = [int(k) for a, k in zip(row_area, row_winner, strict=True) if a >= min_pixels]
+        for row_visible, row_winner in zip(visible, winners, strict=True):
+            kept = [int(k) for v, k in zip(row_visible, row_winner, strict=True) if v]
             counts[tuple(reversed(kept))] += 1
         total = sum(counts.values())
         ordered = counts.most_common()
@@ -108,12 +114,12 @@ class LatentPrior:
             max_components: int = 8, seed: int = 0) -> LatentPrior:
         from sklearn.mixture import GaussianMixture
 
-        area = (decomposition.region > 0.5).sum(dim=(-2, -1)).cpu()  # (N, T)
+        visible = visible_steps(decomposition, min_pixels)
         latents = decomposition.latent.cpu().double()
         winners = decomposition.winner.cpu()
         mixtures = {}
         for k in winners.unique().tolist():
-            points = latents[(winners == k) & (area >= min_pixels)].numpy()
+            points = latents[(winners == k) & visible].numpy()
             if len(points) < min_latents:
                 continue
             components = max(1, min(max_components, len(points) // 50))
@@ -273,8 +279,7 @@ class SceneModel:
         drawn = torch.bernoulli(shape, generator=generator) if sample_shapes else (shape > 0.5).float()
         present = layers >= 0
         if background:
-            first = present & (present.long().cumsum(dim=1) == 1)
-            drawn = torch.where(first[:, :, None, None], torch.ones_like(drawn), drawn)
+            drawn[present & (present.long().cumsum(dim=1) == 1)] = 1.0  # the back-most layer
         drawn = drawn * present.float()[:, :, None, None]
         return Composition(experts=layers.clone(), appearance=appearance, shape=drawn,
                            latent=latent, image=layer_scene(appearance, drawn))

@@ -24,8 +24,8 @@ steps pays a growing handicap on its score, one that wins less gets a bonus, unt
 is balanced. When every expert owns one of K equally frequent classes the handicaps stop
 moving; evaluation uses the scores alone. A handicap at every step lets an expert reach its
 share by stealing objects at the first steps instead of winning backgrounds at the last;
-``competition_balance_last_step`` applies it only at the last step, where every expert is
-given the same region.
+``competition_balance_steps`` says where it acts: every step, only the last (where every
+expert is given the same region), or penalties everywhere and bonuses only at the last.
 """
 
 from __future__ import annotations
