@@ -22,7 +22,7 @@ from econ_scenes.scene import SceneModel
 
 
 def snapshot_points(model: SceneModel, run: Path, preset: str, scenes_seed: int,
-                    n: int) -> list[dict[str, float]]:
+                    n: int, every: int = 1) -> list[dict[str, float]]:
     spec = SceneSpec.preset(preset, size=model.image_size)
     scenes = generate(spec, n, seed=scenes_seed)
     regions = given_regions(model, scenes)  # a --gt-masks model is scored on its shapes
@@ -30,6 +30,8 @@ def snapshot_points(model: SceneModel, run: Path, preset: str, scenes_seed: int,
     for path in sorted((run / "snapshots").glob("iter_*.safetensors")):
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata()
+            if int(meta["iteration"]) % every:
+                continue
             weights = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
         model.model.load_state_dict(weights)
         metrics = decomposition_metrics(model.decompose(scenes.images, regions=regions), scenes,
@@ -80,10 +82,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=777)
     parser.add_argument("--preset", default="unique", help="test scenes: unique | random")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--every", type=int, default=1,
+                        help="only the snapshots whose iteration is a multiple of this")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = SceneModel.load(args.run)
-    points = snapshot_points(model, args.run, args.preset, args.seed, args.n)
+    points = snapshot_points(model, args.run, args.preset, args.seed, args.n, args.every)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(points, indent=1) + "\n")
     given = model.config.train.gt_masks

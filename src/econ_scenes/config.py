@@ -239,16 +239,18 @@ PRESETS: dict[str, RunConfig] = {
         preset="paper-random",
     ),
     # CPU-sized: 32×32 scenes, a slimmer U-Net and decoder, a higher learning rate. L=3 (L=2
-    # cannot hold position and size: blurry shapes), the hinge price (objects before the
-    # background) and the usage balance with its bonuses at the last step only (one expert per
-    # class, one for the whole background): docs/competition.md.
+    # cannot hold position and size: blurry shapes), the band price (objects before the
+    # background; no region above 30 % of the image before the last step) and the usage balance
+    # with its bonuses at the last step only (one expert per class, one for the whole
+    # background): docs/competition.md.
     "quick": RunConfig(
         model=ModelConfig(image_size=32, latent_dim=3, vae_layers=3, vae_features=16,
                           unet_channels=(16, 32, 32, 32), unet_mlp_hidden=64,
                           beta=1.0, gamma=1.0, competition_lambda=1.0,
                           competition_temperature_start=2.0, competition_anneal_iterations=800,
                           competition_scope_cost=10.0, competition_min_region=0.05,
-                          competition_balance=0.1, competition_balance_steps="bonus-last"),
+                          competition_max_region=0.3, competition_balance=0.1,
+                          competition_balance_steps="bonus-last"),
         train=TrainConfig(lr=1e-3, eval_every=100, max_iterations=3000),
         preset="quick",
     ),
