@@ -241,8 +241,8 @@ PRESETS: dict[str, RunConfig] = {
     # CPU-sized: 32×32 scenes, a slimmer U-Net and decoder, a higher learning rate. L=3 (L=2
     # cannot hold position and size: blurry shapes), the band price (objects before the
     # background; no region above 30 % of the image before the last step) and the usage balance
-    # with its bonuses at the last step only (one expert per class, one for the whole
-    # background): docs/competition.md.
+    # at every step (one expert per class, one for the whole background; bonuses at every step
+    # recruit an idle expert to a class no expert proposes yet): docs/competition.md.
     "quick": RunConfig(
         model=ModelConfig(image_size=32, latent_dim=3, vae_layers=3, vae_features=16,
                           unet_channels=(16, 32, 32, 32), unet_mlp_hidden=64,
@@ -250,7 +250,7 @@ PRESETS: dict[str, RunConfig] = {
                           competition_temperature_start=2.0, competition_anneal_iterations=800,
                           competition_scope_cost=10.0, competition_min_region=0.05,
                           competition_max_region=0.3, competition_balance=0.1,
-                          competition_balance_steps="bonus-last"),
+                          competition_balance_steps="all"),
         train=TrainConfig(lr=1e-3, eval_every=100, max_iterations=3000),
         preset="quick",
     ),
