@@ -222,6 +222,16 @@ def test_fast_path_equals_reference_in_float64(
     torch.testing.assert_close(grad_fast, grad_ref, rtol=1e-7, atol=1e-10)
 
 
+def test_a_float64_model_computes_in_float64(model: ECON, images: Tensor) -> None:
+    """The casts that keep autocast's half-precision outputs in float32 leave float64 alone."""
+    out = model.double().infer(images.double(), stochastic=True)
+    d = out.decomposition
+    for name in ("region", "scope", "appearance", "shape", "latent", "step_scores",
+                 "reconstruction"):
+        assert getattr(d, name).dtype == torch.float64, name
+    assert out.loss.dtype == torch.float64
+
+
 def test_competition_layouts_agree(model: ECON, images: Tensor) -> None:
     """One grouped computation and the loop over experts give the same scores and winners."""
     model.double()

@@ -21,6 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def full_precision(x: Tensor) -> Tensor:
+    """Outputs of half-precision (autocast) layers → float32; float32 and float64 as they are,
+    so that a float64 model stays float64 end to end."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _kaiming_uniform_(weight: Tensor, fan_in: int) -> None:
     # PyTorch's default for Conv2d/Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
     bound = 1.0 / math.sqrt(fan_in)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from econ_scenes.model.experts import Proposal
+from econ_scenes.model.layers import full_precision
 
 LOG_FLOOR = -50.0
 
@@ -64,7 +65,7 @@ class StepLosses:
 
 def step_losses(image: Tensor, proposal: Proposal, sigma_x: float) -> StepLosses:
     """image: (N, 3, H, W); proposal tensors (N, G, ...) → :class:`StepLosses` of (N, G)."""
-    target = image.unsqueeze(1).float()
+    target = full_precision(image.unsqueeze(1))
     return StepLosses(
         reconstruction=reconstruction_loss(target, proposal.log_region, proposal.appearance,
                                            sigma_x),

@@ -12,7 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from econ_scenes.model.layers import StackedConv2d, StackedInstanceNorm, StackedLinear, group_cat
+from econ_scenes.model.layers import (
+    StackedConv2d,
+    StackedInstanceNorm,
+    StackedLinear,
+    full_precision,
+    group_cat,
+)
 
 LOG_SCOPE_FLOOR = -10.0
 
@@ -69,4 +75,4 @@ class AttentionUNet(nn.Module):
         for conv, norm, skip in zip(self.up_convs, self.up_norms, reversed(skips), strict=True):
             h = F.interpolate(h, scale_factor=2.0, mode="nearest")
             h = F.relu(norm(conv(group_cat(h, skip, groups), experts), experts), inplace=True)
-        return self.head(h, experts).float()
+        return full_precision(self.head(h, experts))

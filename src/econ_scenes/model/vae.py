@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from econ_scenes.model.layers import StackedConv2d, StackedLinear
+from econ_scenes.model.layers import StackedConv2d, StackedLinear, full_precision
 
 
 class Encoder(nn.Module):
@@ -29,7 +29,7 @@ class Encoder(nn.Module):
         for conv in self.convs:
             h = F.max_pool2d(F.relu(conv(h, experts), inplace=True), 2)
         flat = h.reshape(h.shape[0], experts.numel(), -1)
-        stats = self.fc2(F.relu(self.fc1(flat, experts)), experts).float()
+        stats = full_precision(self.fc2(F.relu(self.fc1(flat, experts)), experts))
         mean, log_var = stats.chunk(2, dim=-1)
         return mean, log_var.clamp(-10.0, 10.0)
 
@@ -63,5 +63,5 @@ class BroadcastDecoder(nn.Module):
         h = torch.cat([tiled, coords], dim=-1).reshape(n, size, size, -1).permute(0, 3, 1, 2)
         for conv in self.convs:
             h = F.relu(conv(h, experts), inplace=True)
-        out = self.head(h, experts).float().reshape(n, groups, 4, size, size)
+        out = full_precision(self.head(h, experts)).reshape(n, groups, 4, size, size)
         return torch.sigmoid(out[:, :, :3]), out[:, :, 3]
