@@ -1,0 +1,87 @@
+"""Time to quality over seeds: learning curves of several runs (``learning_curve.py`` JSONs) in
+one figure, and the first minute at which each run reaches the targets. AMI is computed over the
+layers matched to an expert only, so a class no expert takes does not lower it: the table also
+gives the ARI (background included), which does drop.
+
+    python benchmarks/seed_curves.py benchmarks/results/learning_curve_quick_2cores.json \\
+        benchmarks/results/learning_curve_quick_2cores_seed1.json ... \\
+        --labels "seed 0" "seed 1" --out benchmarks/results/time_to_quality_seeds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+PANELS = [("fg_ari", "FG-ARI"), ("ari", "ARI (background included)"), ("ami", "AMI(expert, class)"),
+          ("amodal_iou", "amodal IoU")]
+
+
+def first_minute(points: list[dict[str, float]], keys: tuple[str, ...], target: float) -> float | None:
+    """Minutes of the first snapshot at which every metric in ``keys`` is ≥ ``target``."""
+    for point in points:
+        if all(point[key] >= target for key in keys):
+            return point["minutes"]
+    return None
+
+
+def _minute(points: list[dict[str, float]], keys: tuple[str, ...], target: float) -> str:
+    found = first_minute(points, keys, target)
+    return "never" if found is None else f"{found:.1f} min"
+
+
+def table(curves: dict[str, list[dict[str, float]]], target: float) -> str:
+    lines = [f"| run | iterations | minutes | FG-ARI ≥ {target} at | FG-ARI and AMI ≥ {target} at "
+             "| last FG-ARI | last ARI | last AMI | last amodal IoU |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, points in curves.items():
+        last = points[-1]
+        lines.append(f"| {label} | {last['iteration']} | {last['minutes']:.1f} "
+                     f"| {_minute(points, ('fg_ari',), target)} "
+                     f"| {_minute(points, ('fg_ari', 'ami'), target)} "
+                     f"| {last['fg_ari']:.3f} | {last['ari']:.3f} "
+                     f"| {last['ami']:.3f} | {last['amodal_iou']:.3f} |")
+    return "\n".join(lines)
+
+
+def plot(curves: dict[str, list[dict[str, float]]], path: Path, target: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(3.4 * len(PANELS), 3.0), sharey=True)
+    for ax, (key, name) in zip(axes, PANELS, strict=True):
+        for label, points in curves.items():
+            ax.plot([p["minutes"] for p in points], [p[key] for p in points], marker="o", ms=2.5,
+                    label=label)
+        ax.axhline(target, color="grey", lw=0.8, ls="--")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("training wall time (minutes)")
+        ax.set_ylim(0, 1.02)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("curves", type=Path, nargs="+", help="learning_curve.py JSON files")
+    parser.add_argument("--labels", nargs="+", default=None)
+    parser.add_argument("--target", type=float, default=0.9)
+    parser.add_argument("--out", type=Path, required=True, help="output path without suffix")
+    args = parser.parse_args()
+    labels = args.labels or [path.stem for path in args.curves]
+    if len(labels) != len(args.curves):
+        raise SystemExit(f"{len(args.curves)} curves but {len(labels)} labels")
+    curves = {label: json.loads(path.read_text()) for label, path in zip(labels, args.curves,
+                                                                          strict=True)}
+    text = table(curves, args.target)
+    args.out.with_suffix(".md").write_text(text + "\n")
+    plot(curves, args.out.with_suffix(".png"), args.target)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
