@@ -20,6 +20,30 @@ econ() { "$PY" -m econ_scenes "$@"; }
 mkdir -p "$OUT" "$WORK/data" "$WORK/runs" "$WORK/pretrained"
 stamp() { echo "== $(date +%T) $*"; }
 
+# name | data | test | options. The competition of the quick preset (τ annealing, band price,
+# usage balance), read from it; λ is each preset's own.
+COMPETITION=$("$PY" -c "from econ_scenes.config import preset
+m = preset('quick').model
+print(' '.join(f'--set model.competition_{k}={getattr(m, \"competition_\" + k)}' for k in (
+    'temperature_start', 'anneal_iterations', 'scope_cost', 'min_region', 'max_region',
+    'balance', 'balance_steps')))")
+COMMON="--set train.checkpoint_every=1000 --set train.image_every=0 --no-progress"
+declare -A DATA TEST OPTIONS
+DATA[unique64]=u64; TEST[unique64]=test-unique
+OPTIONS[unique64]="--preset paper-unique --set model.latent_dim=3 --set model.beta=1.0
+  --set model.gamma=1.0 --set train.lr=1e-3 $COMPETITION"
+DATA[unique64-paper]=u64; TEST[unique64-paper]=test-unique
+OPTIONS[unique64-paper]="--preset paper-unique $COMPETITION"
+DATA[random64]=r64; TEST[random64]=test-random
+OPTIONS[random64]="--preset paper-random --set train.lr=1e-3 $COMPETITION"
+DATA[single64]=u64; TEST[single64]=test-unique
+OPTIONS[single64]="--preset paper-unique --gt-masks --set model.latent_dim=8 --set model.beta=1.0
+  --set model.gamma=1.0 --set train.lr=1e-3"
+NAMES=${NAMES:-unique64 unique64-paper random64 single64}
+for name in $NAMES; do
+  [ -n "${DATA[$name]:-}" ] || { echo "unknown run name $name (known: ${!DATA[*]})"; exit 2; }
+done
+
 stamp machine
 nvidia-smi -L || true
 GPU=$("$PY" -c "import platform, torch
@@ -41,25 +65,6 @@ wait
 stamp timings
 [ "${TIMINGS:-1}" = 1 ] && timeout 150 "$PY" benchmarks/train_speed.py --preset paper-unique --size 64 --batch 32 \
   --iterations 10 --warmup 3 --device "$DEVICE" --out "$OUT/train_speed_gpu.md" 2>&1 | tail -n 30
-
-# name | data | test | options (quick competition: τ annealing, band price, usage balance)
-COMPETITION="--set model.competition_temperature_start=2.0 --set model.competition_anneal_iterations=800
-  --set model.competition_scope_cost=10.0 --set model.competition_min_region=0.05
-  --set model.competition_max_region=0.3 --set model.competition_balance=0.1
-  --set model.competition_balance_steps=all"
-COMMON="--set train.checkpoint_every=1000 --set train.image_every=0 --no-progress"
-declare -A DATA TEST OPTIONS
-DATA[unique64]=u64; TEST[unique64]=test-unique
-OPTIONS[unique64]="--preset paper-unique --set model.latent_dim=3 --set model.beta=1.0
-  --set model.gamma=1.0 --set train.lr=1e-3 $COMPETITION"
-DATA[unique64-paper]=u64; TEST[unique64-paper]=test-unique
-OPTIONS[unique64-paper]="--preset paper-unique $COMPETITION"
-DATA[random64]=r64; TEST[random64]=test-random
-OPTIONS[random64]="--preset paper-random --set train.lr=1e-3 $COMPETITION"
-DATA[single64]=u64; TEST[single64]=test-unique
-OPTIONS[single64]="--preset paper-unique --gt-masks --set model.latent_dim=8 --set model.beta=1.0
-  --set model.gamma=1.0 --set train.lr=1e-3"
-NAMES=${NAMES:-unique64 unique64-paper random64 single64}
 
 stamp "training ($MINUTES min each, side by side): $NAMES"
 for name in $NAMES; do

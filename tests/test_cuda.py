@@ -8,6 +8,7 @@ the GPU must resume and load on the CPU.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from torch import Tensor
 from econ_scenes.config import ModelConfig, RunConfig, TrainConfig
 from econ_scenes.data import Scenes
 from econ_scenes.model import ECON
-from econ_scenes.scene import SceneModel
+from econ_scenes.scene import SceneModel, as_image_tensor
 from econ_scenes.train import load_model, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -27,7 +28,7 @@ CUDA = torch.device("cuda")
 
 
 def images_of(scenes: Scenes, n: int = 8) -> Tensor:
-    return torch.from_numpy(np.array(scenes.images[:n])).permute(0, 3, 1, 2).float() / 255
+    return as_image_tensor(np.asarray(scenes.images[:n]), scenes.images.shape[1])
 
 
 def loss_and_gradients(model: ECON, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -76,7 +77,7 @@ def test_gpu_training_pass_equals_cpu(model_pair: tuple[ECON, ECON], tiny_scenes
     assert (grad_gpu - grad_cpu).norm() < 1e-9 * grad_cpu.norm()
 
 
-def test_bf16_training_on_gpu_learns_and_loads_on_cpu(
+def test_bf16_training_on_gpu_resumes_and_loads_on_cpu(
     tmp_path: Path, tiny_scenes_npz: Path, tiny_model_config: ModelConfig, tiny_scenes: Scenes
 ) -> None:
     config = RunConfig(
@@ -89,6 +90,7 @@ def test_bf16_training_on_gpu_learns_and_loads_on_cpu(
                   progress=False)
     resumed = train(run, resume=True, budget={"max_iterations": 40}, progress=False)
     assert (first.iterations, resumed.iterations) == (20, 40)
+    assert math.isfinite(resumed.best_val_loss)
     model, saved = load_model(run, "cpu")
     assert saved.train.device == "cuda"
     assert all(p.device.type == "cpu" and torch.isfinite(p).all() for p in model.parameters())
