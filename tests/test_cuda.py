@@ -94,8 +94,9 @@ def test_bf16_training_on_gpu_resumes_and_loads_on_cpu(
     model, saved = load_model(run, "cpu")
     assert saved.train.device == "cuda"
     assert all(p.device.type == "cpu" and torch.isfinite(p).all() for p in model.parameters())
-    scenes = SceneModel.load(run, "cuda").decompose(tiny_scenes.images[:4])
+    on_gpu = SceneModel.load(run, "cuda")
+    scenes = on_gpu.decompose(tiny_scenes.images[:4])
     assert scenes.region.shape[:2] == (4, tiny_model_config.n_steps)
     torch.testing.assert_close(scenes.region.sum(1), torch.ones(4, 16, 16), rtol=0, atol=1e-3)
-    appearance, shape = SceneModel.load(run, "cuda").sample_expert(0, 3)
+    appearance, shape = on_gpu.sample_expert(0, 3)
     assert appearance.shape == (3, 3, 16, 16) and torch.isfinite(shape).all()
