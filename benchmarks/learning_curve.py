@@ -42,6 +42,7 @@ def snapshot_points(model: SceneModel, run: Path, preset: str, scenes_seed: int,
             "ari": metrics["segmentation"]["ari"]["mean"],
             "ami": metrics["specialisation"]["ami"],
             "amodal_iou": metrics["amodal"]["iou"]["mean"],
+            "occluded_object_iou": metrics["amodal"]["occluded_object_iou"]["mean"],
             "occluded_iou": metrics["amodal"]["occluded_iou"]["mean"],
             "depth_accuracy": metrics["depth"]["pair_accuracy"],
         })

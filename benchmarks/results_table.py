@@ -11,8 +11,9 @@ from pathlib import Path
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 COLUMNS = [
     ("FG-ARI", ("headline", "fg_ari")), ("ARI", ("headline", "ari")),
-    ("mIoU", ("headline", "miou")), ("amodal IoU", ("headline", "amodal_iou")),
-    ("occluded IoU", ("headline", "occluded_iou")), ("AMI", ("headline", "ami")),
+    ("mIoU", ("headline", "miou")), ("amodal IoU, all objects", ("headline", "amodal_iou")),
+    ("amodal IoU, occluded objects", ("headline", "occluded_object_iou")),
+    ("occluded-pixel IoU", ("headline", "occluded_iou")), ("AMI", ("headline", "ami")),
     ("samples → class", ("headline", "sample_class_accuracy")),
 ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -231,6 +232,10 @@ def test_oracle_decomposition_scores_perfectly(oracle_scenes: Scenes) -> None:
         (oracle_scenes.classes > 0).sum()
     )
     assert metrics["amodal"]["occluded_iou"]["mean"] == pytest.approx(1.0)
+    assert metrics["amodal"]["occluded_object_iou"]["mean"] == pytest.approx(1.0)
+    shapes = np.asarray(oracle_scenes.shapes)
+    hidden = (shapes & ~oracle_scenes.visible()).any(axis=(2, 3)) & (oracle_scenes.classes > 0)
+    assert metrics["amodal"]["occluded_object_iou_per_object"]["n_objects"] == int(hidden.sum())
     assert metrics["amodal"]["unmatched_objects"] == 0
     assert metrics["depth"]["n_pairs"] > 0 and metrics["depth"]["pair_accuracy"] == 1.0
     assert metrics["count"]["accuracy"]["mean"] >= 0.9
@@ -240,6 +245,16 @@ def test_oracle_decomposition_scores_perfectly(oracle_scenes: Scenes) -> None:
     assert spec["ami"] == pytest.approx(1.0) and spec["assignment"] == [0, 1, 2, 3]
     assert spec["n_objects"] == int((oracle_scenes.classes >= 0).sum())
     assert np.array_equal(np.diag(spec["contingency"]), np.array(spec["contingency"]).sum(1))
+
+
+def test_shapes_without_inpainting_fail_only_on_occluded_objects(oracle_scenes: Scenes) -> None:
+    """Shapes equal to the visible regions: exact for unoccluded objects, not for occluded ones."""
+    oracle = _oracle(oracle_scenes)
+    decomposition = dataclasses.replace(oracle, shape=oracle.region.clone())
+    amodal = decomposition_metrics(decomposition, oracle_scenes, n_experts=4)["amodal"]
+    assert amodal["occluded_iou"]["mean"] == pytest.approx(0.0)
+    assert amodal["occluded_object_iou"]["mean"] < amodal["iou"]["mean"] < 1.0
+    assert amodal["occluded_object_iou_per_object"]["n_objects"] > 0
 
 
 def test_reversed_order_breaks_only_depth(oracle_scenes: Scenes) -> None:

@@ -332,6 +332,12 @@ def test_cli_trains_and_resumes(tmp_path: Path, tiny_scenes_npz: Path) -> None:
     assert resumed.exit_code == 0, resumed.output
     assert "stopped after 3 iterations" in resumed.output
     assert load_checkpoint(out)["iteration"] == 3
+    # Options that would configure a new run are refused, not silently ignored.
+    refused = CliRunner().invoke(cli.app, ["train", "--resume", str(out), "--max-iterations", "4",
+                                           "--set", "train.lr=1e-4", "-K", "3", "--no-progress"])
+    assert isinstance(refused.exception, EconError)
+    assert "-K, --set would be ignored" in str(refused.exception)
+    assert load_checkpoint(out)["iteration"] == 3
 
 
 def test_cli_bad_config_prints_one_error_line(tmp_path: Path, tiny_scenes_npz: Path) -> None:

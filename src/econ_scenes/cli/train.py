@@ -29,7 +29,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def train_command(
     data: Annotated[Path | None, typer.Option(help="Training scenes (.npz or folder).")] = None,
     out: Annotated[Path | None, typer.Option(help="New run directory.")] = None,
-    preset: Annotated[str, typer.Option(help="paper-unique | paper-random | quick")] = "quick",
+    preset: Annotated[str | None, typer.Option(
+        help="paper-unique | paper-random | quick (default: quick)")] = None,
     config_file: Annotated[Path | None, typer.Option(
         "--config", help="Start from this run configuration (e.g. another run's config.json) "
         "instead of --preset.")] = None,
@@ -58,6 +59,11 @@ def train_command(
 
     budget = {"max_iterations": max_iterations, "max_minutes": max_minutes}
     if resume is not None:
+        _check_resume_options({
+            "--data": data, "--out": out, "--preset": preset, "--config": config_file,
+            "--val": val, "-K": n_experts, "-T": n_steps, "--gt-masks": gt_masks or None,
+            "--seed": seed, "--device": device, "--precision": precision, "--set": set_,
+            "--init": init, "--freeze": freeze})
         result = train(resume, resume=True, budget=budget, progress=progress)
     else:
         if data is None or out is None:
@@ -74,12 +80,23 @@ def train_command(
         }.items():
             if value is not None:
                 overrides[key] = value
-        base = RunConfig.load(config_file) if config_file is not None else get_preset(preset)
+        base = (RunConfig.load(config_file) if config_file is not None
+                else get_preset(preset or "quick"))
         config = override(base, overrides)
         result = train(out, config=config, data=data, val=val, budget=budget, progress=progress)
     typer.echo(f"stopped after {result.iterations} iterations ({result.stop_reason}), "
                f"{result.minutes:.1f} min; best validation loss {result.best_val_loss:.2f}; "
                f"run in {result.run_dir}")
+
+
+def _check_resume_options(options: dict[str, Any]) -> None:
+    """A resumed run keeps its own data and configuration; only the budget may change."""
+    given = [name for name, value in options.items() if value]
+    if given:
+        raise EconError(
+            f"--resume continues a run with its own data and config.json; {', '.join(given)} "
+            "would be ignored. Only --max-iterations, --max-minutes and --progress apply to a "
+            "resumed run (start a new run with --init RUN to change anything else).")
 
 
 def _indices(text: str) -> tuple[int, ...]:

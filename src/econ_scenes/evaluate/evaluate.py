@@ -1,8 +1,9 @@
 """``evaluate``: every score of a trained ECON model on ground-truth scenes, as one JSON report.
 
 Decomposition (sections 2 and 5): reconstruction error, segmentation of the visible regions
-(ARI, FG-ARI, mSC, Hungarian-matched mIoU), amodal shapes of the matched objects (IoU of the full
-shape and of its occluded part), depth order of overlapping objects, object counts and the
+(ARI, FG-ARI, mSC, Hungarian-matched mIoU), amodal shapes of the matched objects (IoU of the
+full shape over all objects and over the occluded ones, and IoU of the occluded part alone),
+depth order of overlapping objects, object counts and the
 specialisation of the winning experts on object classes.
 
 Generation (section 6, needs a :class:`~econ_scenes.evaluate.classifier.ShapeClassifier`): which
@@ -86,6 +87,7 @@ HEADLINE: dict[str, tuple[str, ...]] = {
     "miou": ("segmentation", "miou", "mean"),
     "msc": ("segmentation", "msc", "mean"),
     "amodal_iou": ("amodal", "iou", "mean"),
+    "occluded_object_iou": ("amodal", "occluded_object_iou", "mean"),
     "occluded_iou": ("amodal", "occluded_iou", "mean"),
     "depth_accuracy": ("depth", "pair_accuracy"),
     "count_accuracy": ("count", "accuracy", "mean"),
@@ -270,10 +272,15 @@ def decomposition_metrics(decomposition: Decomposition, scenes: Scenes, *,
     hidden = (gt_shapes & ~visible).any(axis=(2, 3))
     occluded = occluded_iou(gt_shapes, objects, shapes, matching)
     occluded[unmatched & hidden] = 0.0
+    # Amodal IoU of the full shape, over the objects that something occludes.
+    amodal_of_occluded = np.where(hidden, amodal, np.nan)
     amodal_section = {
         "iou": summarise(_nanmean_rows(amodal), seed=seed),
+        "occluded_object_iou": summarise(_nanmean_rows(amodal_of_occluded), seed=seed),
         "occluded_iou": summarise(_nanmean_rows(occluded), seed=seed),
         "iou_per_object": summarise(amodal, unit="objects", seed=seed),
+        "occluded_object_iou_per_object": summarise(amodal_of_occluded, unit="objects",
+                                                    seed=seed),
         "occluded_iou_per_object": summarise(occluded, unit="objects", seed=seed),
         "unmatched_objects": int(unmatched.sum()),
     }
@@ -642,10 +649,14 @@ def format_report(metrics: dict[str, Any]) -> str:
                           ("mIoU (Hungarian, incl. background)", seg.get("miou")),
                           ("reconstruction MSE", metrics.get("reconstruction", {}).get("mse"))])
     lines += ["## Amodal shapes (matched objects)", ""]
-    lines += _stat_table([("amodal IoU (per scene)", amodal.get("iou")),
-                          ("occluded IoU (per scene)", amodal.get("occluded_iou")),
-                          ("amodal IoU (per object)", amodal.get("iou_per_object")),
-                          ("occluded IoU (per object)", amodal.get("occluded_iou_per_object"))])
+    lines += _stat_table([
+        ("amodal IoU, all objects (per scene)", amodal.get("iou")),
+        ("amodal IoU, occluded objects (per scene)", amodal.get("occluded_object_iou")),
+        ("occluded-pixel IoU (per scene)", amodal.get("occluded_iou")),
+        ("amodal IoU, all objects (per object)", amodal.get("iou_per_object")),
+        ("amodal IoU, occluded objects (per object)",
+         amodal.get("occluded_object_iou_per_object")),
+        ("occluded-pixel IoU (per object)", amodal.get("occluded_iou_per_object"))])
     lines += [f"Unmatched objects (scored 0): {_fmt(amodal.get('unmatched_objects'))}.", ""]
     lines += ["## Depth order and object counts", ""]
     lines += _stat_table([("depth-order accuracy (per scene)", depth.get("accuracy")),
