@@ -62,6 +62,8 @@ def test_boolean_override_rejects_other_words() -> None:
 def test_balance_steps_are_checked() -> None:
     with pytest.raises(EconError, match="competition_balance_steps must be one of"):
         override(preset("quick"), {"model.competition_balance_steps": "first"})
+    with pytest.raises(EconError, match="competition_balance_iterations must be >= 0"):
+        override(preset("quick"), {"model.competition_balance_iterations": -1})
 
 
 def test_temperature_anneals_geometrically_then_stays() -> None:

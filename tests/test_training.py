@@ -135,6 +135,23 @@ def test_resume_continues_the_usage_balance(
     assert_same_weights(tmp_path / "halves", tmp_path / "whole")
 
 
+def test_the_usage_balance_stops_after_its_iterations(
+    tmp_path: Path, tiny_scenes_npz: Path, tiny_model_config: ModelConfig
+) -> None:
+    """competition_balance_iterations = 1: the handicap moves once, then no longer acts."""
+    model = dataclasses.replace(tiny_model_config, competition_balance=1.0,
+                                competition_balance_iterations=1)
+    train(tmp_path / "warm-up", config=tiny_run_config(model, eval_every=1000, image_every=0),
+          data=tiny_scenes_npz, budget={"max_iterations": ITERATIONS}, progress=False)
+    always = dataclasses.replace(model, competition_balance_iterations=0)
+    train(tmp_path / "one", config=tiny_run_config(always, eval_every=1000, image_every=0),
+          data=tiny_scenes_npz, budget={"max_iterations": 1}, progress=False)
+    handicap = load_checkpoint(tmp_path / "warm-up")["handicap"]
+    assert abs(handicap[0]) > 1e-3
+    assert handicap == load_checkpoint(tmp_path / "one")["handicap"]
+    assert model.balance(0) == 1.0 and model.balance(1) == 0.0 and always.balance(10**6) == 1.0
+
+
 def test_resume_after_ctrl_c_gives_the_weights_of_an_uninterrupted_run(
     tmp_path: Path, finished_run: Path, tiny_scenes_npz: Path, tiny_model_config: ModelConfig,
     monkeypatch: pytest.MonkeyPatch,

@@ -70,6 +70,11 @@ class ModelConfig:
     # or "bonus-last": penalties at every step, bonuses only at the last, so an expert that wins
     # too rarely is pushed towards the background instead of stealing objects at the first steps.
     competition_balance_steps: str = "all"
+    # > 0: the usage balance acts for this many training iterations only (a warm-up that gives
+    # every expert a share while the experts specialise); after it the handicap is dropped and
+    # the competition is the paper's. 0 = for the whole run. Meant for K above the number of
+    # classes, where an equal share for every expert would split a class.
+    competition_balance_iterations: int = 0
     attention_bias: float = -3.0
 
     def temperature(self, iteration: int) -> float:
@@ -79,6 +84,11 @@ class ModelConfig:
         if start <= 0 or steps <= 0 or iteration >= steps:
             return end
         return start * (end / start) ** (iteration / steps)
+
+    def balance(self, iteration: int) -> float:
+        """Rate of the usage balance at a training iteration (0 = no handicap)."""
+        stop = self.competition_balance_iterations
+        return 0.0 if stop > 0 and iteration >= stop else self.competition_balance
 
     def scope_cost(self, iteration: int) -> float:
         """Competition scope price c at a training iteration (linear schedule)."""
@@ -122,6 +132,9 @@ class ModelConfig:
         if self.competition_max_region < 1.0 and self.competition_min_region == 0.0:
             raise EconError("competition_max_region needs the hinge price: set "
                             "competition_min_region > 0")
+        if self.competition_balance_iterations < 0:
+            raise EconError(f"competition_balance_iterations must be >= 0, got "
+                            f"{self.competition_balance_iterations}")
         if self.competition_temperature_start < 0 or self.competition_anneal_iterations < 0:
             raise EconError("competition_temperature_start and competition_anneal_iterations "
                             "must be >= 0")

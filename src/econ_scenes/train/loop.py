@@ -392,7 +392,7 @@ class _Session:
         for group in self.optimiser.param_groups:
             group["lr"] = self.schedule.lr
         images, gt = self.data.batch(iteration)
-        rate = self.config.model.competition_balance
+        rate = self.config.model.balance(iteration)
         handicap = self.handicap.float() if rate > 0 else None
         with autocast(self.data.device, tc.precision):
             loss, out = self.objective(images, gt, iteration, self.cluster.shard, handicap)
