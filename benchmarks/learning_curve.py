@@ -50,8 +50,12 @@ def snapshot_points(model: SceneModel, run: Path, preset: str, scenes_seed: int,
     return points
 
 
-CURVES = [("fg_ari", "FG-ARI"), ("ami", "AMI(expert, class)"), ("amodal_iou", "amodal IoU")]
-GIVEN_REGION_CURVES = [("amodal_iou", "amodal IoU"), ("occluded_iou", "occluded-pixel IoU")]
+CURVES = [("fg_ari", "FG-ARI"), ("ami", "AMI(expert, class)"),
+          ("amodal_iou", "amodal IoU, all objects"),
+          ("occluded_object_iou", "amodal IoU, occluded objects")]
+GIVEN_REGION_CURVES = [("amodal_iou", "amodal IoU, all objects"),
+                       ("occluded_object_iou", "amodal IoU, occluded objects"),
+                       ("occluded_iou", "occluded-pixel IoU")]
 """A model given ground-truth regions is measured on its shapes only."""
 
 
@@ -65,6 +69,8 @@ def plot(points: list[dict[str, float]], path: Path, title: str,
     fig, ax = plt.subplots(figsize=(6, 3.5))
     minutes = [p["minutes"] for p in points]
     for key, label in curves:
+        if key not in points[0]:  # curves written before the metric existed
+            continue
         ax.plot(minutes, [p[key] for p in points], marker="o", ms=3, label=label)
     ax.axhline(0.9, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("training wall time (minutes)")

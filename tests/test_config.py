@@ -66,6 +66,13 @@ def test_balance_steps_are_checked() -> None:
         override(preset("quick"), {"model.competition_balance_iterations": -1})
 
 
+def test_the_usage_balance_can_be_a_warm_up() -> None:
+    model = override(preset("quick"), {"model.competition_balance_iterations": 800}).model
+    assert model.balance(799) == model.competition_balance > 0
+    assert model.balance(800) == 0.0
+    assert preset("quick").model.balance(10**6) == model.competition_balance
+
+
 def test_temperature_anneals_geometrically_then_stays() -> None:
     model = dataclasses.replace(ModelConfig(), competition_temperature=0.25,
                                 competition_temperature_start=4.0,

@@ -253,8 +253,12 @@ def test_shapes_without_inpainting_fail_only_on_occluded_objects(oracle_scenes: 
     decomposition = dataclasses.replace(oracle, shape=oracle.region.clone())
     amodal = decomposition_metrics(decomposition, oracle_scenes, n_experts=4)["amodal"]
     assert amodal["occluded_iou"]["mean"] == pytest.approx(0.0)
-    assert amodal["occluded_object_iou"]["mean"] < amodal["iou"]["mean"] < 1.0
-    assert amodal["occluded_object_iou_per_object"]["n_objects"] > 0
+    occluded = amodal["occluded_object_iou_per_object"]
+    n_all, n_occluded = amodal["iou_per_object"]["n_objects"], occluded["n_objects"]
+    assert 0 < n_occluded < n_all and occluded["mean"] < 1.0
+    # Every unoccluded object scores exactly 1.
+    assert amodal["iou_per_object"]["mean"] * n_all == pytest.approx(
+        occluded["mean"] * n_occluded + (n_all - n_occluded))
 
 
 def test_reversed_order_breaks_only_depth(oracle_scenes: Scenes) -> None:
@@ -347,6 +351,7 @@ def test_cli_writes_the_report(
     assert metrics["n_scenes"] == 8 and metrics["n_steps"] == 3
     assert metrics["generation"]["classifier_accuracy"] == tiny_classifier.accuracy
     assert (out / "metrics.md").read_text().startswith("# ECON evaluation")
-    for label in ("FG-ARI", "ARI", "mIoU", "amodal IoU", "occluded IoU", "AMI",
+    for label in ("FG-ARI", "ARI", "mIoU", "amodal IoU, all objects",
+                  "amodal IoU, occluded objects", "occluded-pixel IoU", "AMI",
                   "sample-class accuracy", "KID"):
         assert label in result.stdout

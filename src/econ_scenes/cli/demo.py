@@ -125,9 +125,11 @@ def headline(metrics: dict) -> str:
             node = node["mean"]
         return f"{node:.3f}" if isinstance(node, float | int) else json.dumps(node)
 
-    return ("FG-ARI {} | ARI {} | mIoU {} | amodal IoU {} | AMI(expert, class) {}".format(
-        pick("segmentation", "fg_ari"), pick("segmentation", "ari"),
-        pick("segmentation", "miou"), pick("amodal", "iou"), pick("specialisation", "ami")))
+    return ("FG-ARI {} | ARI {} | mIoU {} | amodal IoU {} (occluded objects {}) | "
+            "AMI(expert, class) {}".format(
+                pick("segmentation", "fg_ari"), pick("segmentation", "ari"),
+                pick("segmentation", "miou"), pick("amodal", "iou"),
+                pick("amodal", "occluded_object_iou"), pick("specialisation", "ami")))
 
 
 def _train(run: Path, data: Path, minutes: float, seed: int) -> None:

@@ -17,7 +17,8 @@ def _headline_lines(metrics: dict[str, Any]) -> list[str]:
         "ari": ("ARI", ("segmentation", "ari")),
         "miou": ("mIoU", ("segmentation", "miou")),
         "amodal_iou": ("amodal IoU, all objects", ("amodal", "iou")),
-        "occluded_object_iou": ("amodal IoU, occluded", ("amodal", "occluded_object_iou")),
+        "occluded_object_iou": ("amodal IoU, occluded objects",
+                                ("amodal", "occluded_object_iou")),
         "occluded_iou": ("occluded-pixel IoU", ("amodal", "occluded_iou")),
         "depth_accuracy": ("depth-order accuracy", None),
         "count_accuracy": ("count accuracy", ("count", "accuracy")),
@@ -34,7 +35,7 @@ def _headline_lines(metrics: dict[str, Any]) -> list[str]:
         if value is None:
             if key in ("sample_class_accuracy", "compose_scene_accuracy", "kid"):
                 continue
-            lines.append(f"{label:>24}: –")
+            lines.append(f"{label:>29}: –")
             continue
         text = f"{value:.4f}" if key == "kid" else f"{value:.3f}"
         stat: Any = metrics
@@ -42,7 +43,7 @@ def _headline_lines(metrics: dict[str, Any]) -> list[str]:
             stat = stat.get(part) if isinstance(stat, dict) else None
         if isinstance(stat, dict) and stat.get("ci_low") is not None:
             text += f"  [{stat['ci_low']:.3f}, {stat['ci_high']:.3f}]"
-        lines.append(f"{label:>24}: {text}")
+        lines.append(f"{label:>29}: {text}")
     return lines
 
 

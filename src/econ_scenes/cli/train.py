@@ -39,7 +39,8 @@ def train_command(
                                              "last n_val training scenes).")] = None,
     n_experts: Annotated[int | None, typer.Option("--n-experts", "-K")] = None,
     n_steps: Annotated[int | None, typer.Option("--n-steps", "-T")] = None,
-    gt_masks: Annotated[bool, typer.Option(help="Train K=1 on ground-truth regions.")] = False,
+    gt_masks: Annotated[bool | None, typer.Option(
+        help="Train K=1 on ground-truth regions (default: as the preset or --config).")] = None,
     max_iterations: Annotated[int | None, typer.Option()] = None,
     max_minutes: Annotated[float | None, typer.Option()] = None,
     seed: Annotated[int | None, typer.Option()] = None,
@@ -61,7 +62,7 @@ def train_command(
     if resume is not None:
         _check_resume_options({
             "--data": data, "--out": out, "--preset": preset, "--config": config_file,
-            "--val": val, "-K": n_experts, "-T": n_steps, "--gt-masks": gt_masks or None,
+            "--val": val, "-K": n_experts, "-T": n_steps, "--gt-masks": gt_masks,
             "--seed": seed, "--device": device, "--precision": precision, "--set": set_,
             "--init": init, "--freeze": freeze})
         result = train(resume, resume=True, budget=budget, progress=progress)
@@ -70,10 +71,12 @@ def train_command(
             raise EconError("a new run needs --data and --out (or --resume RUN_DIR)")
         if not data.exists():
             raise EconError(f"data file {data} does not exist")
+        if preset is not None and config_file is not None:
+            raise EconError("give --preset or --config, not both (--config replaces the preset)")
         overrides = parse_overrides(set_ or [])
         for key, value in {
             "model.n_experts": 1 if gt_masks and n_experts is None else n_experts,
-            "model.n_steps": n_steps, "train.gt_masks": gt_masks or None, "train.seed": seed,
+            "model.n_steps": n_steps, "train.gt_masks": gt_masks, "train.seed": seed,
             "train.device": device, "train.precision": precision,
             "train.init_from": None if init is None else str(init.resolve()),
             "train.frozen_experts": None if freeze is None else _indices(freeze),
@@ -91,7 +94,7 @@ def train_command(
 
 def _check_resume_options(options: dict[str, Any]) -> None:
     """A resumed run keeps its own data and configuration; only the budget may change."""
-    given = [name for name, value in options.items() if value]
+    given = [name for name, value in options.items() if value is not None and value != []]
     if given:
         raise EconError(
             f"--resume continues a run with its own data and config.json; {', '.join(given)} "

@@ -269,7 +269,7 @@ def decomposition_metrics(decomposition: Decomposition, scenes: Scenes, *,
     unmatched = objects & (matching.step < 0)
     amodal = amodal_iou(gt_shapes, objects, shapes, matching)
     amodal[unmatched] = 0.0
-    hidden = (gt_shapes & ~visible).any(axis=(2, 3))
+    hidden = objects & (gt_shapes & ~visible).any(axis=(2, 3))
     occluded = occluded_iou(gt_shapes, objects, shapes, matching)
     occluded[unmatched & hidden] = 0.0
     # Amodal IoU of the full shape, over the objects that something occludes.

@@ -460,6 +460,6 @@ def _log_train(writer: SummaryWriter, out: Any, iteration: int, lr: float,
     for t, row in enumerate(rates):
         for k, rate in enumerate(row):
             writer.add_scalar(f"win_rate/step{t + 1}/expert{k}", float(rate), iteration)
-    if config.model.competition_balance > 0:
+    if config.model.balance(iteration) > 0:  # after a warm-up the handicap no longer acts
         for k, value in enumerate(handicap.tolist()):
             writer.add_scalar(f"handicap/expert{k}", value, iteration)
