@@ -26,8 +26,8 @@ AXES = {"minutes": ("minutes", "training wall time (minutes)"),
 """--axis → (the snapshot field used as time, the plot's x label)."""
 
 
-def first_minute(points: list[dict[str, float]], keys: tuple[str, ...], target: float,
-                 time: str = "minutes") -> float | None:
+def first_time(points: list[dict[str, float]], keys: tuple[str, ...], target: float,
+               time: str = "minutes") -> float | None:
     """Time (``time`` field) of the first snapshot at which every metric in ``keys`` is ≥
     ``target``."""
     for point in points:
@@ -54,7 +54,8 @@ def _when(found: float | None, time: str) -> str:
     return f"{found:.1f} min" if time == "minutes" else f"{found:.0f} it"
 
 
-def table(curves: dict[str, list[dict[str, float]]], target: float, time: str = "minutes") -> str:
+def table(curves: dict[str, list[dict[str, float]]], target: float, axis: str = "minutes") -> str:
+    time = AXES[axis][0]
     lines = [f"| run | iterations | minutes | FG-ARI ≥ {target} first | FG-ARI and AMI ≥ {target} first "
              f"| FG-ARI and AMI ≥ {target} from then on | last FG-ARI | last ARI | last AMI "
              "| last amodal IoU (all objects) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -62,8 +63,8 @@ def table(curves: dict[str, list[dict[str, float]]], target: float, time: str = 
     for label, points in curves.items():
         last = points[-1]
         lines.append(f"| {label} | {last['iteration']} | {last['minutes']:.1f} "
-                     f"| {_when(first_minute(points, ('fg_ari',), target, time), time)} "
-                     f"| {_when(first_minute(points, both, target, time), time)} "
+                     f"| {_when(first_time(points, ('fg_ari',), target, time), time)} "
+                     f"| {_when(first_time(points, both, target, time), time)} "
                      f"| {_when(held_from(points, both, target, time), time)} "
                      f"| {last['fg_ari']:.3f} | {last['ari']:.3f} "
                      f"| {last['ami']:.3f} | {last['amodal_iou']:.3f} |")
@@ -106,7 +107,7 @@ def main() -> None:
         raise SystemExit(f"{len(args.curves)} curves but {len(labels)} labels")
     curves = {label: json.loads(path.read_text()) for label, path in zip(labels, args.curves,
                                                                           strict=True)}
-    text = table(curves, args.target, AXES[args.axis][0])
+    text = table(curves, args.target, args.axis)
     args.out.with_suffix(".md").write_text(text + "\n")
     plot(curves, args.out.with_suffix(".png"), args.target, args.axis)
     print(text)
