@@ -3,7 +3,8 @@
 #   1. the CUDA tests (tests/test_cuda.py),
 #   2. GPU timings of the paper configuration at 64×64 (benchmarks/train_speed.py),
 #   3. the 64×64 models trained side by side for MINUTES each, then shipped (weights, prior) and
-#      evaluated on fresh test scenes; each one comes back as OUT/<name>.tar.
+#      evaluated on fresh test scenes; each one comes back as OUT/<name>.tar,
+#   4. with SNAPSHOT_EVERY=N, the learning curve of each run (OUT/curves.tar).
 # Runs from the source tree with the machine's own PyTorch (no install):
 #   OUT=/tmp/gpu-out MINUTES=5 bash benchmarks/gpu_session.sh
 set -u
@@ -27,11 +28,15 @@ m = preset('quick').model
 print(' '.join(f'--set model.competition_{k}={getattr(m, \"competition_\" + k)}' for k in (
     'temperature_start', 'anneal_iterations', 'scope_cost', 'min_region', 'max_region',
     'balance', 'balance_steps')))")
-COMMON="--set train.checkpoint_every=1000 --set train.image_every=0 --no-progress"
+SNAPSHOT_EVERY=${SNAPSHOT_EVERY:-0}
+COMMON="--set train.checkpoint_every=1000 --set train.image_every=0 --no-progress
+  --set train.snapshot_every=$SNAPSHOT_EVERY"
 declare -A DATA TEST OPTIONS
 DATA[unique64]=u64; TEST[unique64]=test-unique
 OPTIONS[unique64]="--preset paper-unique --set model.latent_dim=3 --set model.beta=1.0
   --set model.gamma=1.0 --set train.lr=1e-3 $COMPETITION"
+DATA[unique64-s1]=u64; TEST[unique64-s1]=test-unique
+OPTIONS[unique64-s1]="${OPTIONS[unique64]} --seed 1"
 DATA[unique64-paper]=u64; TEST[unique64-paper]=test-unique
 OPTIONS[unique64-paper]="--preset paper-unique $COMPETITION"
 DATA[random64]=r64; TEST[random64]=test-random
@@ -39,6 +44,10 @@ OPTIONS[random64]="--preset paper-random --set train.lr=1e-3 $COMPETITION"
 DATA[single64]=u64; TEST[single64]=test-unique
 OPTIONS[single64]="--preset paper-unique --gt-masks --set model.latent_dim=8 --set model.beta=1.0
   --set model.gamma=1.0 --set train.lr=1e-3"
+# single-64, trained on from the shipped weights (fresh Adam, the plateau schedule restarts)
+DATA[single64-more]=u64; TEST[single64-more]=test-unique
+OPTIONS[single64-more]="--config pretrained/single-64/config.json --init pretrained/single-64
+  --set train.lr=4e-4"
 NAMES=${NAMES:-unique64 unique64-paper random64 single64}
 for name in $NAMES; do
   [ -n "${DATA[$name]:-}" ] || { echo "unknown run name $name (known: ${!DATA[*]})"; exit 2; }
@@ -59,7 +68,8 @@ econ data make --preset random --n 1000 --size 64 --seed 779 --out "$D/test-rand
 econ data make --preset ood --n 500 --size 64 --seed 778 --out "$D/test-ood.npz" &
 
 stamp cuda tests
-timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -n 20
+timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$OUT/cuda_tests.txt" 2>&1
+tail -n 20 "$OUT/cuda_tests.txt"
 wait
 
 stamp timings
@@ -90,8 +100,19 @@ SceneModel.load(sys.argv[1], sys.argv[3]).fit_prior(load_scenes(sys.argv[2]).ima
   tail -n 12 "$WORK/$name.eval.log"
   tar -cf "$OUT/$name.tar" -C "$WORK/pretrained" "$name"  # ...the evaluation does not finish
 }
+curve() {
+  local name=$1
+  ls "$WORK/runs/$name/snapshots/"*.safetensors > /dev/null 2>&1 || return 0
+  local preset=unique
+  [ "${DATA[$name]}" = r64 ] && preset=random
+  timeout 120 "$PY" benchmarks/learning_curve.py "$WORK/runs/$name" --out "$WORK/curves/$name" \
+    --n 200 --preset "$preset" --device "$DEVICE" --threads 2 > "$WORK/$name.curve.log" 2>&1
+}
+mkdir -p "$WORK/curves"
 for name in $NAMES; do ship "$name" > "$WORK/$name.ship.log" 2>&1 & done
+for name in $NAMES; do curve "$name" & done
 wait
+tar -cf "$OUT/curves.tar" -C "$WORK" curves
 for name in $NAMES; do echo "--- $name"; cat "$WORK/$name.ship.log"; done
 cat "$WORK"/*.log > "$OUT/logs.txt"
 stamp done

@@ -89,11 +89,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=777)
     parser.add_argument("--preset", default="unique", help="test scenes: unique | random")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--every", type=int, default=1,
                         help="only the snapshots whose iteration is a multiple of this")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = SceneModel.load(args.run)
+    model = SceneModel.load(args.run, args.device)
     points = snapshot_points(model, args.run, args.preset, args.seed, args.n, args.every)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(points, indent=1) + "\n")

@@ -30,7 +30,8 @@ def _value(metrics: dict, path: tuple[str, ...]) -> str:
 
 
 def table(root: Path) -> str:
-    header = ["model", "image", "scenes", "regions", *[c for c, _ in COLUMNS], "training"]
+    header = ["model", "image", "scenes", "regions", "latents", *[c for c, _ in COLUMNS],
+              "training"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     # A model's own test set in pretrained/<name>/, other test sets (e.g. ood) one level down.
     folders = sorted({p.parent for p in [*root.glob("*/metrics.json"), *root.glob("*/*/metrics.json")]})
@@ -45,10 +46,12 @@ def table(root: Path) -> str:
         single = metrics.get("n_experts") == 1  # AMI and samples → class need several experts
         values = [("–" if single and name in ("AMI", "samples → class") else _value(metrics, p))
                   for name, p in COLUMNS]
-        regions = (metrics.get("settings") or {}).get("regions", "attention")
+        settings = metrics.get("settings") or {}
+        regions = settings.get("regions", "attention")
+        refined = settings.get("refine_steps") or 0
         row = [f"`{folder.relative_to(root).as_posix()}`", f"{metrics.get('image_size', '?')}²",
                str(metrics.get("n_scenes", "?")), "given" if regions == "ground truth" else regions,
-               *values, training]
+               f"refined ({refined} steps)" if refined else "encoder", *values, training]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

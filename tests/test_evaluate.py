@@ -295,6 +295,7 @@ def test_write_report_is_atomic_and_readable(
     for heading in ("Segmentation", "Amodal", "Depth order", "specialisation", "Generation"):
         assert heading in text
     assert "| expert | background | circle | square | triangle |" in text
+    assert metrics["settings"]["refine_steps"] == 0 and "refined" not in text
     assert sorted(p.name for p in json_path.parent.iterdir()) == ["metrics.json", "metrics.md"]
     with pytest.raises(EconError, match="not a directory"):
         write_report(metrics, json_path)
@@ -345,10 +346,12 @@ def test_cli_writes_the_report(
     out = tmp_path / "out"
     result = _econ(str(run_dir), "--data", str(data), "--out", str(out), "--n", "8",
                    "--n-steps", "3", "--seed", "1", "--no-progress", "--threads", "1",
-                   cache=tmp_path / "cache")
+                   "--refine", "2", cache=tmp_path / "cache")
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_scenes"] == 8 and metrics["n_steps"] == 3
+    assert metrics["settings"]["refine_steps"] == 2
+    assert "refined** by 2 gradient steps" in (out / "metrics.md").read_text()
     assert metrics["generation"]["classifier_accuracy"] == tiny_classifier.accuracy
     assert (out / "metrics.md").read_text().startswith("# ECON evaluation")
     for label in ("FG-ARI", "ARI", "mIoU", "amodal IoU, all objects",

@@ -291,6 +291,12 @@ def test_cli_decompose_sample_compose(scene_model: SceneModel, tiny_scenes_npz: 
         assert d["regions"].shape[1:] == (3, 16, 16)
         assert d["winners"].dtype.kind == "i"
     assert (tmp_path / "d.png").is_file()
+    result = econ("decompose", str(run), "--images", str(tiny_scenes_npz), "--out",
+                  str(tmp_path / "r.npz"), "--refine", "3")
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "d.npz") as d, np.load(tmp_path / "r.npz") as r:
+        np.testing.assert_array_equal(r["winners"], d["winners"])
+        assert not np.allclose(r["latents"], d["latents"])
     result = econ("compose", str(run), "--experts", "0,1,2", "--n", "4", "--out", str(tmp_path / "c.npz"))
     assert result.returncode == 0, result.stderr
     with np.load(tmp_path / "c.npz") as c:
@@ -299,6 +305,8 @@ def test_cli_decompose_sample_compose(scene_model: SceneModel, tiny_scenes_npz: 
         (("sample", str(run), "--expert", "9", "--out", str(tmp_path / "s.npz")), "out of range"),
         (("decompose", str(run), "--images", str(tmp_path / "missing.npz"), "--out", "x.npz"), "no images"),
         (("compose", str(run), "--experts", "a,b", "--out", str(tmp_path / "c.npz")), "integers"),
+        (("decompose", str(run), "--images", str(tiny_scenes_npz), "--out", "x.npz", "--refine",
+          "-1"), "--refine must be >= 0"),
     ]:
         result = econ(*args)
         assert result.returncode == 2, result.stderr

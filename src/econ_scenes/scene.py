@@ -24,6 +24,7 @@ from econ_scenes.config import RunConfig, override
 from econ_scenes.errors import EconError
 from econ_scenes.io import atomic_write
 from econ_scenes.model import ECON
+from econ_scenes.model.refine import refine
 from econ_scenes.train.checkpoint import load_model, save_model
 from econ_scenes.types import Composition, Decomposition
 
@@ -209,11 +210,12 @@ class SceneModel:
     @torch.no_grad()
     def decompose(self, images: np.ndarray | Tensor, *, n_steps: int | None = None,
                   regions: np.ndarray | Tensor | None = None,
-                  batch_size: int = 64) -> Decomposition:
+                  batch_size: int = 64, refine_steps: int = 0) -> Decomposition:
         """Explain scenes front to back: uint8 (N, H, W, 3) or float (N, 3, H, W) in [0, 1].
 
         regions: (N, T, H, W) visible regions front first to use instead of attention (a model
-        trained with ``--gt-masks``).
+        trained with ``--gt-masks``). refine_steps: after the encoder's answer, refine each
+        step's latent by this many gradient steps on its own loss (:mod:`econ_scenes.model.refine`).
         """
         tensor = as_image_tensor(images, self.image_size)
         given = None if regions is None else torch.as_tensor(np.asarray(regions), dtype=torch.float32)
@@ -221,13 +223,16 @@ class SceneModel:
             raise EconError(f"regions must be (N, T, H, W) for N={len(tensor)} images, "
                             f"got {tuple(given.shape)}")
         steps = n_steps if given is None else given.shape[1]
-        parts = [
-            self.model.infer(
-                tensor[i : i + batch_size].to(self.device), stochastic=False, n_steps=steps,
+        parts = []
+        for i in range(0, len(tensor), batch_size):
+            images_i = tensor[i : i + batch_size].to(self.device)
+            decomposition = self.model.infer(
+                images_i, stochastic=False, n_steps=steps,
                 gt_regions=None if given is None else given[i : i + batch_size].to(self.device),
-            ).decomposition.to("cpu")
-            for i in range(0, len(tensor), batch_size)
-        ]
+            ).decomposition
+            decomposition = refine(self.model.experts, self.config.model, images_i,
+                                   decomposition, refine_steps)
+            parts.append(decomposition.to("cpu"))
         return Decomposition(**{
             name: torch.cat([getattr(p, name) for p in parts])
             for name in Decomposition.__dataclass_fields__

@@ -61,6 +61,9 @@ def evaluate_command(
                      help="Also score generation (trains a small shape classifier once)."),
     ] = True,
     seed: Annotated[int, typer.Option(help="Seed of sampling and bootstrap.")] = 0,
+    refine: Annotated[int, typer.Option(
+        "--refine", help="Refine each step's latent by N gradient steps on its own loss before "
+        "scoring (semi-amortised inference; 0: the encoder's answer).")] = 0,
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
     threads: Annotated[
         int | None,
@@ -78,6 +81,8 @@ def evaluate_command(
         raise EconError(f"--n must be >= 1, got {n}")
     if n_steps is not None and n_steps < 1:
         raise EconError(f"--n-steps must be >= 1, got {n_steps}")
+    if refine < 0:
+        raise EconError(f"--refine must be >= 0, got {refine}")
     if threads is not None:
         if threads < 1:
             raise EconError(f"--threads must be >= 1, got {threads}")
@@ -100,7 +105,7 @@ def evaluate_command(
 
         classifier = load_or_train_classifier(size, progress=progress)
     metrics = evaluate(model, scenes, n_steps=n_steps, classifier=classifier, seed=seed,
-                       progress=progress)
+                       progress=progress, refine_steps=refine)
     json_path, md_path = write_report(metrics, out)
     typer.echo(f"evaluated {metrics['n_scenes']} scenes (T = {metrics['n_steps']}, "
                f"K = {metrics['n_experts']}); wrote {json_path} and {md_path}")

@@ -111,15 +111,20 @@ def decompose_command(
     out: Annotated[Path, typer.Option(help="Output .npz (a .png picture is written beside).")],
     n_steps: Annotated[int | None, typer.Option(help="Inference steps (default: trained T).")] = None,
     device: Annotated[str, typer.Option()] = "cpu",
+    refine: Annotated[int, typer.Option(
+        "--refine", help="Refine each step's latent by N gradient steps on its own loss "
+        "(sharper full shapes of occluded objects; 0: the encoder's answer).")] = 0,
 ) -> None:
     """Decompose scenes front to back. The .npz holds (inference order, front first):
     winners (N,T) int, regions/scopes/shapes (N,T,H,W) float32, objects (N,T,H,W,3),
     latents (N,T,L), scores (N,T,K), reconstruction (N,H,W,3)."""
     from econ_scenes.scene import SceneModel
 
+    if refine < 0:
+        raise EconError(f"--refine must be >= 0, got {refine}")
     model = SceneModel.load(run, device)
     pixels = read_images(images)
-    d = model.decompose(pixels, n_steps=n_steps)
+    d = model.decompose(pixels, n_steps=n_steps, refine_steps=refine)
     arrays = d.numpy()
     path = _save_npz(out, arrays)
     steps = [arrays["regions"][:, t, ..., None] * arrays["objects"][:, t]

@@ -121,7 +121,7 @@ def summarise(values: np.ndarray, unit: str = "scenes", seed: int = 0) -> dict[s
             f"n_{unit}": int(finite.size)}
 
 
-def _nanmean_rows(values: np.ndarray) -> np.ndarray:
+def nanmean_rows(values: np.ndarray) -> np.ndarray:
     """Mean over the last axis ignoring NaN; NaN for rows without a finite value."""
     finite = np.isfinite(values)
     counts = finite.sum(axis=-1)
@@ -194,12 +194,14 @@ def given_regions(scene_model: SceneModel, scenes: Scenes) -> np.ndarray | None:
 
 def decompose_scenes(scene_model: SceneModel, images: np.ndarray, *, n_steps: int | None = None,
                      regions: np.ndarray | None = None, batch_size: int = 64,
-                     progress: bool = True) -> Decomposition:
+                     progress: bool = True, refine_steps: int = 0) -> Decomposition:
     """:meth:`SceneModel.decompose` batch by batch with a progress bar; results on the CPU.
-    regions: visible regions (N, T, H, W) front first, given instead of attention."""
+    regions: visible regions (N, T, H, W) front first, given instead of attention;
+    refine_steps: gradient steps on each latent after the encoder (:mod:`econ_scenes.model.refine`)."""
     parts = [
         scene_model.decompose(images[start:stop], n_steps=n_steps, batch_size=batch_size,
-                              regions=None if regions is None else regions[start:stop])
+                              regions=None if regions is None else regions[start:stop],
+                              refine_steps=refine_steps)
         for start, stop in _chunks(len(images), batch_size, progress, "decomposing")
     ]
     return Decomposition(**{f.name: torch.cat([getattr(p, f.name) for p in parts])
@@ -275,9 +277,9 @@ def decomposition_metrics(decomposition: Decomposition, scenes: Scenes, *,
     # Amodal IoU of the full shape, over the objects that something occludes.
     amodal_of_occluded = np.where(hidden, amodal, np.nan)
     amodal_section = {
-        "iou": summarise(_nanmean_rows(amodal), seed=seed),
-        "occluded_object_iou": summarise(_nanmean_rows(amodal_of_occluded), seed=seed),
-        "occluded_iou": summarise(_nanmean_rows(occluded), seed=seed),
+        "iou": summarise(nanmean_rows(amodal), seed=seed),
+        "occluded_object_iou": summarise(nanmean_rows(amodal_of_occluded), seed=seed),
+        "occluded_iou": summarise(nanmean_rows(occluded), seed=seed),
         "iou_per_object": summarise(amodal, unit="objects", seed=seed),
         "occluded_object_iou_per_object": summarise(amodal_of_occluded, unit="objects",
                                                     seed=seed),
@@ -563,7 +565,7 @@ def generation_metrics(scene_model: SceneModel, scenes: Scenes, classifier: Shap
 def evaluate(scene_model: SceneModel, scenes: Scenes, *, n_steps: int | None = None,
              classifier: ShapeClassifier | None = None, n_generated: int = 1000,
              n_samples: int = 200, n_composed: int = 300, seed: int = 0, batch_size: int = 64,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, refine_steps: int = 0) -> dict[str, Any]:
     """Decompose ``scenes`` with ``scene_model`` and score everything (see the module doc).
 
     Args:
@@ -571,6 +573,8 @@ def evaluate(scene_model: SceneModel, scenes: Scenes, *, n_steps: int | None = N
         classifier: shape classifier for the generation scores (skipped when None).
         n_generated: scenes generated for KID; n_samples: objects per expert; n_composed:
             composed scenes.
+        refine_steps: refine each step's latent by this many gradient steps on its own loss
+            before scoring (semi-amortised inference, :mod:`econ_scenes.model.refine`).
 
     Returns:
         JSON-ready nested dict: ``headline`` plus the sections of
@@ -578,13 +582,16 @@ def evaluate(scene_model: SceneModel, scenes: Scenes, *, n_steps: int | None = N
     """
     if n_steps is not None and n_steps < 1:
         raise EconError(f"n_steps must be >= 1, got {n_steps}")
+    if refine_steps < 0:
+        raise EconError(f"refine_steps must be >= 0, got {refine_steps}")
     _check_scenes(scenes, scene_model.image_size)
     # A model trained on ground-truth regions (--gt-masks, Fig. 5) is evaluated the same way:
     # given the visible regions, how well does it complete the full shapes?
     regions = given_regions(scene_model, scenes)
     given = regions is not None
     decomposition = decompose_scenes(scene_model, scenes.images, n_steps=n_steps, regions=regions,
-                                     batch_size=batch_size, progress=progress)
+                                     batch_size=batch_size, progress=progress,
+                                     refine_steps=refine_steps)
     metrics = decomposition_metrics(decomposition, scenes, n_experts=scene_model.n_experts,
                                     seed=seed)
     metrics["generation"] = None
@@ -595,6 +602,7 @@ def evaluate(scene_model: SceneModel, scenes: Scenes, *, n_steps: int | None = N
             n_composed=n_composed, seed=seed, progress=progress)
     metrics["settings"] = {"seed": seed, "n_steps": metrics["n_steps"],
                            "regions": "ground truth" if given else "attention",
+                           "refine_steps": refine_steps,
                            "n_generated": n_generated if classifier else None,
                            "n_samples": n_samples if classifier else None,
                            "n_composed": n_composed if classifier else None,
@@ -643,6 +651,12 @@ def format_report(metrics: dict[str, Any]) -> str:
         lines += ["Visible regions are **given** (ground truth; the model was trained with "
                   "`--gt-masks`): segmentation is exact by construction, the amodal shapes are "
                   "the model's.", ""]
+    refined = (metrics.get("settings") or {}).get("refine_steps") or 0
+    if refined:
+        lines += [f"Each step's latent was **refined** by {refined} gradient steps on its own "
+                  "loss (13) after the encoder (`--refine`, semi-amortised inference): winners "
+                  "and regions are the encoder pass's, appearances and shapes the refined ones.",
+                  ""]
     lines += ["## Segmentation (visible regions)", ""]
     lines += _stat_table([("FG-ARI", seg.get("fg_ari")), ("ARI", seg.get("ari")),
                           ("mSC", seg.get("msc")), ("SC", seg.get("sc")),

@@ -1,0 +1,98 @@
+"""Semi-amortised inference: refine each step's latent by descending that step's loss (13).
+
+The encoder g_k(x, r) answers in one pass; on objects it rarely sees (a sliver of a triangle
+behind two others) that answer can be far from the best latent the decoder f_k admits. Holding
+what the competition decided (winners, regions r̃_t, scopes s_t: attention does not depend on
+z), each winner's posterior mean μ_t is moved by Adam on
+
+    L_x(f_k(μ_t)) + β·½‖μ_t‖² + γ·L_r(f_k(μ_t))
+
+which is (13) with the posterior's variance held at 1 (Adam, a fixed learning rate: 0.05 converges
+in about 50 steps on the shipped models, 0.2 overshoots). Nothing outside the image, its regions
+and the model enters: the hidden part of a shape is still the decoder's to imagine, but the
+visible part now constrains it as tightly as the objective asks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from econ_scenes.config import ModelConfig
+from econ_scenes.errors import EconError
+from econ_scenes.model.experts import Experts
+from econ_scenes.model.objective import LOG_FLOOR, reconstruction_loss, region_kl
+from econ_scenes.types import Decomposition
+
+DEFAULT_LR = 0.05
+
+
+def _groups(winner: Tensor) -> list[tuple[int, Tensor]]:
+    """(expert, rows it won) for each expert among the winners (M,)."""
+    return [(k, torch.nonzero(winner == k).squeeze(1)) for k in torch.unique(winner).tolist()]
+
+
+def _decode(experts: Experts, latent: Tensor, groups: list[tuple[int, Tensor]]
+            ) -> tuple[Tensor, Tensor]:
+    """Each latent (M, L) through its winner's decoder → (M, 3, H, W), shape logits (M, H, W)."""
+    size = experts.decoder.image_size
+    appearance = latent.new_empty(len(latent), 3, size, size)
+    logit = latent.new_empty(len(latent), size, size)
+    for k, rows in groups:
+        out, shape_logit = experts.decoder(latent[rows].unsqueeze(1),
+                                           torch.tensor([k], device=latent.device))
+        appearance = appearance.index_put((rows,), out[:, 0].float())
+        logit = logit.index_put((rows,), shape_logit[:, 0].float())
+    return appearance, logit
+
+
+def refinement_loss(image: Tensor, log_region: Tensor, log_scope: Tensor, latent: Tensor,
+                    appearance: Tensor, shape_logit: Tensor, config: ModelConfig) -> Tensor:
+    """(13) with the posterior variance held at 1, per row: what refinement descends.
+
+    image: (M, 1, 3, H, W); log_region, log_scope: (M, 1, H, W); latent: (M, L);
+    appearance: (M, 1, 3, H, W); shape_logit: (M, 1, H, W) → (M, 1).
+    """
+    return (reconstruction_loss(image, log_region, appearance, config.sigma_x)
+            + config.beta * 0.5 * latent.pow(2).sum(-1, keepdim=True)
+            + config.gamma * region_kl(log_region, log_scope, shape_logit))
+
+
+def refine(experts: Experts, config: ModelConfig, images: Tensor, decomposition: Decomposition,
+           steps: int, lr: float = DEFAULT_LR) -> Decomposition:
+    """Refine the latents of a decomposition of ``images`` (B, 3, H, W) for ``steps`` steps.
+
+    Returns the decomposition with new ``latent`` (B, T, L), ``appearance``, ``shape`` and
+    ``reconstruction``; winners, regions, scopes and scores are unchanged.
+    """
+    if steps < 0:
+        raise EconError(f"refinement steps must be >= 0, got {steps}")
+    if steps == 0:
+        return decomposition
+    batch, n_steps = decomposition.winner.shape
+    groups = _groups(decomposition.winner.reshape(-1))
+    region = decomposition.region.float().reshape(batch * n_steps, 1, *images.shape[-2:])
+    log_region = region.clamp_min(1e-30).log().clamp_min(LOG_FLOOR)
+    log_scope = (decomposition.scope.float().reshape(log_region.shape)
+                 .clamp_min(1e-30).log().clamp_min(LOG_FLOOR))
+    target = images.float().repeat_interleave(n_steps, dim=0).unsqueeze(1)
+    latent = decomposition.latent.float().reshape(batch * n_steps, -1).clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([latent], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            appearance, logit = _decode(experts, latent, groups)
+            loss = refinement_loss(target, log_region, log_scope, latent, appearance.unsqueeze(1),
+                                   logit.unsqueeze(1), config).sum()
+            (grad,) = torch.autograd.grad(loss, latent)
+            latent.grad = grad
+            optimiser.step()
+    with torch.no_grad():
+        appearance, logit = _decode(experts, latent.detach(), groups)
+    appearance = appearance.reshape(batch, n_steps, *appearance.shape[1:])
+    shape = torch.sigmoid(logit).reshape(batch, n_steps, *logit.shape[1:])
+    reconstruction = (decomposition.region.float().unsqueeze(2) * appearance).sum(dim=1)
+    return Decomposition(
+        winner=decomposition.winner, region=decomposition.region, scope=decomposition.scope,
+        appearance=appearance, shape=shape,
+        latent=latent.detach().reshape(batch, n_steps, -1),
+        step_scores=decomposition.step_scores, reconstruction=reconstruction)
