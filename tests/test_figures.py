@@ -66,14 +66,14 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, model: SceneModel) -> Path
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory: pytest.TempPathFactory, run_dir: Path, scenes: Scenes) -> list[Path]:
-    """``econ figures RUN --data --out --single --seed`` (in-process): every figure once."""
+    """``econ figures RUN --data --out --single --seed --refine`` (in-process): every figure once."""
     data = tmp_path_factory.mktemp("data") / "train.npz"
     save_scenes(data, scenes)
     single = tmp_path_factory.mktemp("single")
     tiny_model(1, seed=1).save(single)
     out = tmp_path_factory.mktemp("figures")
     args = ["figures", str(run_dir), "--data", str(data), "--out", str(out), "--single",
-            str(single), "--seed", "3"]
+            str(single), "--seed", "3", "--refine", "2"]
     result = CliRunner().invoke(figures_app(), args)
     assert result.exit_code == 0, result.output
     return [Path(line) for line in result.output.splitlines()]
@@ -221,6 +221,9 @@ def test_cli_rejects_data_of_another_image_size(run_dir: Path, wrong_size_data: 
     assert "32×32 images but the model" in str(result.exception)
     missing = CliRunner().invoke(figures_app(), ["figures", str(tmp_path / "nope"), *args[2:]])
     assert isinstance(missing.exception, EconError)
+    negative = CliRunner().invoke(figures_app(), [*args, "--refine", "-1"])
+    assert isinstance(negative.exception, EconError)
+    assert "--refine must be >= 0" in str(negative.exception)
     assert not any(tmp_path.iterdir())
 
 

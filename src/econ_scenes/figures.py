@@ -500,6 +500,7 @@ def make_all(
     ood_images: Scenes | np.ndarray | None = None,
     single_model: SceneModel | None = None,
     seed: int = 0,
+    refine_steps: int = 0,
 ) -> list[Path]:
     """Draw every figure of the paper for ``scene_model`` and write them as PNGs in ``out_dir``.
 
@@ -507,7 +508,9 @@ def make_all(
     the sequence prior when the run has none). ood_images: scenes for Fig. 8, the first 4 shown
     (default: 8 generated with the ``ood`` preset); ``Scenes`` are explained with one inference
     step per layer, plain arrays with the ``ood`` preset's layer count. single_model: a
-    one-expert model for Fig. 5 (skipped without one). Returns the written paths.
+    one-expert model for Fig. 5 (skipped without one). refine_steps: latents of the
+    decompositions (Fig. 4, 8) refined by this many steps (:mod:`econ_scenes.model.refine`).
+    Returns the written paths.
     """
     if seed < 0:
         raise EconError(f"seed must be >= 0, got {seed}")
@@ -536,7 +539,8 @@ def make_all(
     ordered = scene_model.compose_from_prior(N_COMPOSITIONS, prior=prior, seed=seed)
     emit("fig1c", fig1_compositions(random_3, random_4, ordered))
 
-    emit("fig4", fig4_decomposition(images[0], scene_model.decompose(images[:1]), 0))
+    emit("fig4", fig4_decomposition(
+        images[0], scene_model.decompose(images[:1], refine_steps=refine_steps), 0))
 
     if single_model is not None:
         appearance, shape = single_model.sample_expert(0, 2 * N_SAMPLES, seed=seed)
@@ -550,6 +554,6 @@ def make_all(
 
     ood, steps = _ood_scenes(scene_model, ood_images, seed)
     ood = _check_images(ood, scene_model.image_size, "o.o.d. images")[:N_OOD_SHOWN]
-    decomposition = scene_model.decompose(ood, n_steps=steps)
+    decomposition = scene_model.decompose(ood, n_steps=steps, refine_steps=refine_steps)
     emit("fig8", fig8_ood_decompositions(ood, decomposition, list(range(len(ood)))))
     return written

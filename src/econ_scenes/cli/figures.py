@@ -26,6 +26,8 @@ def figures_command(
         = None,
     seed: Annotated[int, typer.Option(help="Seed of samples, compositions and o.o.d. scenes.")]
         = 0,
+    refine: Annotated[int, typer.Option(
+        "--refine", help="Refine the latents of the decompositions (Fig. 4, 8) by N steps.")] = 0,
 ) -> None:
     """Draw Fig. 1A-C, 4, 5 (with --single), 6, 7 and 8 as PNG files in --out."""
     from econ_scenes.config import RunConfig
@@ -34,6 +36,8 @@ def figures_command(
     # check the inputs before torch and matplotlib are imported, so that mistakes fail fast
     if not run.is_dir():
         raise EconError(f"no run directory at {run}")
+    if refine < 0:
+        raise EconError(f"--refine must be >= 0, got {refine}")
     size = RunConfig.load(run / "config.json").model.image_size
     scenes = load_scenes(data)
     _check_size(scenes.image_size, size, f"data {data}", run)
@@ -49,7 +53,7 @@ def figures_command(
     single_model = SceneModel.load(single) if single is not None else None
     images = np.asarray(scenes.images[:N_DATA])
     for path in make_all(model, images, out, ood_images=ood_scenes, single_model=single_model,
-                         seed=seed):
+                         seed=seed, refine_steps=refine):
         typer.echo(str(path))
 
 
