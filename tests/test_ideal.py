@@ -103,3 +103,22 @@ def test_an_inconsistent_visible_region_is_an_error(spec: SceneSpec) -> None:
 
 def seen_at(result: dict[str, np.ndarray], i: int, layer: int) -> bool:
     return bool(result["visible_fraction"][i, layer] > 0)
+
+
+def test_above_max_shapes_draws_propose_masks_and_the_expectation_stays_exact(
+    spec: SceneSpec
+) -> None:
+    bank = shape_bank(spec, SQUARE)
+    visible = torch.zeros(16, 16)
+    visible[0, 5:9] = 1.0  # the top-left of a square; below row 0 and right of column 8 hidden
+    scope = torch.zeros(16, 16)
+    scope[0, :9] = 1.0
+    consistent = consistent_shapes(bank, visible.reshape(-1, 1), scope.reshape(-1, 1))[:, 0]
+    truth = bank.masks[torch.nonzero(consistent)[0, 0]]
+    full = ideal_estimate(bank, consistent, truth)
+    drawn = ideal_estimate(bank, consistent, truth, max_shapes=4, seed=1)
+    assert full.n_consistent == drawn.n_consistent > 4
+    assert drawn == ideal_estimate(bank, consistent, truth, max_shapes=4, seed=1)
+    # The same expectation over all consistent shapes: a mask proposed from four draws can
+    # score no better than the best of the full posterior's proposals by more than rounding.
+    assert 0 < drawn.expected_iou <= full.expected_iou + 0.05
