@@ -23,18 +23,12 @@ from econ_scenes.data.storage import load_metadata
 from econ_scenes.evaluate.evaluate import (
     decompose_scenes,
     given_regions,
+    match_steps,
     nanmean_rows,
+    object_amodal_iou,
     summarise,
 )
 from econ_scenes.evaluate.ideal import ideal_amodal
-from econ_scenes.evaluate.metrics import (
-    amodal_iou,
-    gt_visible,
-    labels_to_masks,
-    matched_iou,
-    pred_labels,
-    valid_layers,
-)
 from econ_scenes.scene import SceneModel
 
 BINS = ((0.8, 1.0), (0.6, 0.8), (0.4, 0.6), (0.2, 0.4), (0.0, 0.2))
@@ -46,13 +40,9 @@ def model_amodal(path: Path, scenes: Scenes, refine_steps: int = 0) -> np.ndarra
     decomposition = decompose_scenes(model, scenes.images, regions=given_regions(model, scenes),
                                      progress=False, refine_steps=refine_steps)
     shapes = np.asarray(scenes.shapes, dtype=bool)
-    regions = decomposition.region.float().numpy()
-    matching = matched_iou(gt_visible(shapes), valid_layers(scenes.classes),
-                           labels_to_masks(pred_labels(regions), regions.shape[1]))
-    objects = valid_layers(scenes.classes, include_background=False)
-    scores = amodal_iou(shapes, objects, decomposition.shape.float().numpy(), matching)
-    scores[objects & (matching.step < 0)] = 0.0
-    return scores
+    matching = match_steps(decomposition.region.float().numpy(), shapes, scenes.classes)
+    return object_amodal_iou(shapes, scenes.classes, decomposition.shape.float().numpy(),
+                             matching)
 
 
 def by_visible_fraction(values: np.ndarray, fraction: np.ndarray) -> list[dict[str, float]]:

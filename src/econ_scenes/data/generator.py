@@ -399,7 +399,7 @@ def render_shapes(layout: Layout, size: int) -> np.ndarray:
     n, n_slots = layout.classes.shape
     shapes = np.zeros((n, n_slots + 1, size, size), dtype=bool)
     shapes[:, 0] = True
-    for cls, rasterise in _RASTERISERS.items():
+    for cls, rasterise in RASTERISERS.items():
         scene, slot = np.nonzero(layout.classes == cls)
         if scene.size:
             sizes = layout.sizes[scene, slot].astype(np.float32)
@@ -440,7 +440,7 @@ def rasterise_triangle(x: np.ndarray, y: np.ndarray, sizes: np.ndarray, size: in
     return (depth >= 0) & (depth <= height) & (2 * np.abs(dx) <= depth)
 
 
-_RASTERISERS = {CIRCLE: rasterise_circle, SQUARE: rasterise_square, TRIANGLE: rasterise_triangle}
+RASTERISERS = {CIRCLE: rasterise_circle, SQUARE: rasterise_square, TRIANGLE: rasterise_triangle}
 
 
 def top_layer(shapes: np.ndarray) -> np.ndarray:

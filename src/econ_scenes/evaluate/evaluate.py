@@ -43,6 +43,7 @@ from econ_scenes.evaluate.metrics import (
     matched_iou,
     object_counts,
     occluded_iou,
+    occluded_objects,
     pred_labels,
     predicted_counts,
     segmentation_covering,
@@ -213,6 +214,23 @@ def _subset(decomposition: Decomposition, stop: int) -> Decomposition:
                             for f in fields(Decomposition)})
 
 
+def match_steps(regions: np.ndarray, gt_shapes: np.ndarray, classes: np.ndarray) -> MatchResult:
+    """Ground-truth layers (background included) matched one-to-one to inference steps by their
+    visible regions: regions float (N, T, H, W), gt_shapes bool (N, L, H, W), classes (N, L)."""
+    return matched_iou(gt_visible(gt_shapes), valid_layers(classes, include_background=True),
+                       labels_to_masks(pred_labels(regions), regions.shape[1]))
+
+
+def object_amodal_iou(gt_shapes: np.ndarray, classes: np.ndarray, shapes: np.ndarray,
+                      matching: MatchResult) -> np.ndarray:
+    """Amodal IoU per object (N, L) of the predicted full shapes (N, T, H, W) through
+    ``matching``; an unmatched object scores 0, layers that are not objects are NaN."""
+    objects = valid_layers(classes, include_background=False)
+    amodal = amodal_iou(gt_shapes, objects, shapes, matching)
+    amodal[objects & (matching.step < 0)] = 0.0
+    return amodal
+
+
 def decomposition_metrics(decomposition: Decomposition, scenes: Scenes, *,
                           n_experts: int | None = None, min_pixels: int | None = None,
                           seed: int = 0) -> dict[str, Any]:
@@ -255,10 +273,9 @@ def decomposition_metrics(decomposition: Decomposition, scenes: Scenes, *,
     # Segmentation of visible regions.
     truth = gt_labels(gt_shapes)
     predicted = pred_labels(regions)
-    visible = gt_visible(gt_shapes)
     every_layer = valid_layers(classes, include_background=True)
     objects = valid_layers(classes, include_background=False)
-    matching = matched_iou(visible, every_layer, labels_to_masks(predicted, n_steps))
+    matching = match_steps(regions, gt_shapes, classes)
     segmentation = {
         "ari": summarise(ari(truth, predicted), seed=seed),
         "fg_ari": summarise(ari(truth, predicted, foreground=truth > 0), seed=seed),
@@ -269,9 +286,8 @@ def decomposition_metrics(decomposition: Decomposition, scenes: Scenes, *,
 
     # Amodal shapes of matched objects; unmatched objects score 0.
     unmatched = objects & (matching.step < 0)
-    amodal = amodal_iou(gt_shapes, objects, shapes, matching)
-    amodal[unmatched] = 0.0
-    hidden = objects & (gt_shapes & ~visible).any(axis=(2, 3))
+    amodal = object_amodal_iou(gt_shapes, classes, shapes, matching)
+    hidden = occluded_objects(gt_shapes, classes)
     occluded = occluded_iou(gt_shapes, objects, shapes, matching)
     occluded[unmatched & hidden] = 0.0
     # Amodal IoU of the full shape, over the objects that something occludes.

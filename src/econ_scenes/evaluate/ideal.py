@@ -21,20 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from econ_scenes.data.generator import (
-    CIRCLE,
-    SQUARE,
-    TRIANGLE,
-    Scenes,
-    SceneSpec,
-    rasterise_circle,
-    rasterise_square,
-    rasterise_triangle,
-)
+from econ_scenes.data.generator import RASTERISERS, Scenes, SceneSpec
 from econ_scenes.errors import EconError
-from econ_scenes.evaluate.metrics import gt_visible
+from econ_scenes.evaluate.metrics import gt_visible, occluded_objects
 
-RASTERISERS = {CIRCLE: rasterise_circle, SQUARE: rasterise_square, TRIANGLE: rasterise_triangle}
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 
@@ -172,7 +162,7 @@ def ideal_amodal(scenes: Scenes, spec: SceneSpec, *, max_shapes: int = 2000
     if (height, width) != (spec.size, spec.size):
         raise EconError(f"scenes are {height}×{width}, the spec draws {spec.size}×{spec.size}")
     visible = gt_visible(shapes)
-    hidden = (shapes & ~visible).any(axis=(2, 3)) & (classes > 0)
+    hidden = occluded_objects(shapes, classes)
     out = {key: np.full((n_scenes, n_layers), np.nan)
            for key in ("expected_iou", "iou", "visible_fraction", "n_consistent")}
     for class_id in np.unique(classes[hidden]):

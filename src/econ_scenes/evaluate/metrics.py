@@ -164,6 +164,18 @@ def binarize(masks: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     return masks > threshold
 
 
+def occluded_objects(gt_shapes: np.ndarray, gt_classes: np.ndarray) -> np.ndarray:
+    """Objects that something in front hides in part or entirely: bool (N, L).
+
+    Args:
+        gt_shapes: bool (N, L, H, W) amodal masks, back to front.
+        gt_classes: int (N, L), 0 background, -1 padding.
+    """
+    shapes = np.asarray(gt_shapes, dtype=bool)
+    hidden = (shapes & ~gt_visible(shapes)).any(axis=(2, 3))
+    return hidden & valid_layers(gt_classes, include_background=False)
+
+
 def valid_layers(gt_classes: np.ndarray, include_background: bool = True) -> np.ndarray:
     """Which ground-truth layers exist.
 

@@ -27,20 +27,19 @@ from econ_scenes.types import Decomposition
 DEFAULT_LR = 0.05
 
 
-def _groups(winner: Tensor) -> list[tuple[int, Tensor]]:
-    """(expert, rows it won) for each expert among the winners (M,)."""
-    return [(k, torch.nonzero(winner == k).squeeze(1)) for k in torch.unique(winner).tolist()]
+def _groups(winner: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """(expert index (1,), rows it won) for each expert among the winners (M,)."""
+    return [(k.reshape(1), torch.nonzero(winner == k).squeeze(1)) for k in torch.unique(winner)]
 
 
-def _decode(experts: Experts, latent: Tensor, groups: list[tuple[int, Tensor]]
+def _decode(experts: Experts, latent: Tensor, groups: list[tuple[Tensor, Tensor]]
             ) -> tuple[Tensor, Tensor]:
     """Each latent (M, L) through its winner's decoder → (M, 3, H, W), shape logits (M, H, W)."""
     size = experts.decoder.image_size
     appearance = latent.new_empty(len(latent), 3, size, size)
     logit = latent.new_empty(len(latent), size, size)
     for k, rows in groups:
-        out, shape_logit = experts.decoder(latent[rows].unsqueeze(1),
-                                           torch.tensor([k], device=latent.device))
+        out, shape_logit = experts.decoder(latent[rows].unsqueeze(1), k)
         appearance = appearance.index_put((rows,), out[:, 0].float())
         logit = logit.index_put((rows,), shape_logit[:, 0].float())
     return appearance, logit
