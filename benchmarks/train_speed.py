@@ -1,5 +1,5 @@
 """Speed of ECON: training (fast path against the reference per-expert loop), decomposition and
-generation throughput, each against the machine's measured fp32 matmul peak.
+generation throughput, each against the machine's measured matmul peaks.
 
 One training iteration is ``model.infer(images, stochastic=True)``, backward, gradient clipping
 and an Adam step, as in :mod:`econ_scenes.train.loop`. Both paths start from the same weights and
@@ -11,8 +11,14 @@ passes are counted: the competition (all K experts, no grad) and the winners' re
 backward is estimated as 2× the winners' forward. For the reference loop, which keeps the graph of
 every expert and backpropagates through all of them, the backward is estimated as 2× its forward.
 
-The matmul peak is measured in the same run (1024² and 2048² fp32 matmuls, best of several), so the
-fractions of peak are on the same machine, thread count and load as the timings.
+The matmul peaks are measured in the same run (1024² and 2048² matmuls, best of several), so the
+fractions of peak are on the same machine, thread count and load as the timings. The fraction is
+given of the fp32 peak (issue 6's yardstick) and, when the fast path runs in bf16, of the bf16
+peak too.
+
+Precision: the fast paths run in ``--precision`` (default ``auto``: bf16 on GPUs and on CPUs with
+AMX or AVX512-BF16 units, what ``econ train`` uses); the reference loop, the plain baseline the
+speed-up is measured against, in ``--reference-precision`` (default fp32).
 
 Decomposition is ``model.infer(images, stochastic=False)`` without grad (posterior means, the
 best-scoring expert at every step: what ``econ decompose`` runs). Generation is
@@ -38,7 +44,7 @@ from econ_scenes.config import PRESETS, RunConfig, override, preset
 from econ_scenes.data import SceneSpec, generate
 from econ_scenes.model import ECON
 from econ_scenes.scene import SceneModel
-from econ_scenes.train.loop import autocast, resolve_device
+from econ_scenes.train.loop import autocast, resolve_device, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -75,12 +81,13 @@ class Throughput:
 
 
 def measure_matmul_peak(device: torch.device, sizes: tuple[int, ...] = (1024, 2048),
-                        repeats: int = 8) -> float:
-    """Best fp32 GFLOP/s of square matmuls of the given sizes on this device and thread count."""
+                        repeats: int = 8, dtype: torch.dtype = torch.float32) -> float:
+    """Best GFLOP/s of square matmuls of the given sizes and dtype on this device and thread
+    count."""
     best = 0.0
     for size in sizes:
-        a = torch.rand(size, size, device=device)
-        b = torch.rand(size, size, device=device)
+        a = torch.rand(size, size, device=device, dtype=dtype)
+        b = torch.rand(size, size, device=device, dtype=dtype)
         for _ in range(repeats):
             synchronize(device)
             start = time.perf_counter()
@@ -102,10 +109,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--experts", "-K", type=int, default=None, help="override K")
     parser.add_argument("--steps", "-T", type=int, default=None, help="override T")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="the fast paths' and inference's precision (default auto)")
+    parser.add_argument("--reference-precision", default="fp32",
+                        choices=["auto", "fp32", "bf16", "fp16"],
+                        help="the reference loop's precision (default fp32)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_speed.md"))
     args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    args.precision = resolve_precision(device, args.precision)
+    args.reference_precision = resolve_precision(device, args.reference_precision)
     if args.iterations < 1 or args.warmup < 0 or args.batch < 1:
         parser.error("--iterations and --batch must be >= 1, --warmup >= 0")
     return args
@@ -132,29 +146,46 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def paths(device: torch.device) -> dict[str, tuple[bool, bool]]:
-    """name → (reference, grouped layout): the fast path in the device's default layout
-    (``ECON.grouped`` = None: the loop over experts on CPUs, grouped on GPUs), the fast path in
-    the other layout, and the reference loop."""
-    default = device.type != "cpu"
+@dataclass(frozen=True)
+class TimedPath:
+    reference: bool  # every expert's graph kept and back-propagated
+    grouped: bool  # the experts as one grouped computation, else a loop over experts
+    plain: bool = False  # plain NCHW activations instead of channels-last
+
+
+PLAIN_REFERENCE = "plain reference loop (NCHW)"
+"""The baseline of issue 6's speed-up: a per-expert loop, every expert back-propagated, in
+PyTorch's default NCHW layout."""
+
+
+def paths(device: torch.device, precision: str) -> dict[str, TimedPath]:
+    """The fast path in the default layout for this device and precision (``ECON.grouped`` =
+    None: grouped on GPUs and in bf16 on CPUs, else the loop over experts), the fast path in the
+    other layout, the reference loop (channels-last) and the plain reference loop (NCHW)."""
+    default = device.type != "cpu" or precision == "bf16"
     name = {True: "experts grouped", False: "experts looped"}
     return {
-        f"fast path (default: {name[default]})": (False, default),
-        f"fast path, {name[not default]}": (False, not default),
-        "reference loop": (True, False),
+        f"fast path (default: {name[default]})": TimedPath(False, default),
+        f"fast path, {name[not default]}": TimedPath(False, not default),
+        "reference loop (channels-last)": TimedPath(True, False),
+        PLAIN_REFERENCE: TimedPath(True, False, plain=True),
     }
 
 
 def time_path(config: RunConfig, images: torch.Tensor, path: str, args: argparse.Namespace,
               device: torch.device) -> Timing:
-    reference, grouped = paths(device)[path]
+    timed = paths(device, args.precision)[path]
+    reference = timed.reference
+    precision = args.reference_precision if reference else args.precision
     torch.manual_seed(args.seed)
     model = ECON(config.model).to(device).train()
-    model.grouped = grouped
+    model.grouped = timed.grouped
+    if timed.plain:
+        model.use_memory_format(torch.contiguous_format)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.train.lr)
 
     def step() -> float:
-        with autocast(device, args.precision):
+        with autocast(device, precision):
             out = model.infer(images, stochastic=True, reference=reference)
         optimiser.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -225,7 +256,7 @@ def count_flops(config: RunConfig, images: torch.Tensor, args: argparse.Namespac
     fast_forward = count_forward_flops(model, images, reference=False, grad=True, device=device,
                                        precision=args.precision)
     reference_forward = count_forward_flops(model, images, reference=True, grad=True,
-                                            device=device, precision=args.precision)
+                                            device=device, precision=args.reference_precision)
     return Flops(competition, fast_forward - competition, reference_forward)
 
 
@@ -254,49 +285,66 @@ def machine_info(device: torch.device) -> list[tuple[str, str]]:
     return info
 
 
+def percent_of_peaks(rate: float, peaks: dict[str, float]) -> str:
+    """A GFLOP/s rate as a percentage of each measured matmul peak, as table cells."""
+    return " | ".join(f"{100 * rate / peak:.0f}%" for peak in peaks.values())
+
+
 def report(config: RunConfig, args: argparse.Namespace, device: torch.device,
            timings: list[Timing], flops: Flops, throughputs: list[Throughput],
-           peak: float) -> str:
+           peaks: dict[str, float]) -> str:
     m = config.model
-    ref = next(t for t in timings if paths(device)[t.path][0])
+    kinds = paths(device, args.precision)
+    plain = next(t for t in timings if t.path == PLAIN_REFERENCE)
+    tuned = next(t for t in timings if kinds[t.path].reference and not kinds[t.path].plain)
+    peak_columns = " | ".join(f"% of {name} peak" for name in peaks)
+    peak_rule = "---:|" * len(peaks)
     lines = [
         "# ECON training speed",
         "",
         f"Preset `{config.preset}`, {m.image_size}×{m.image_size} images, batch {args.batch}, "
         f"K={m.n_experts} experts, T={m.n_steps} steps, U-Net {m.unet_channels}, VAE "
-        f"{m.vae_layers}×{m.vae_features}, precision {args.precision}; {args.warmup} warm-up "
-        f"and {args.iterations} timed iterations per path (infer + backward + clip + Adam).",
+        f"{m.vae_layers}×{m.vae_features}; fast paths and inference in {args.precision}, the "
+        f"reference loops in {args.reference_precision}; {args.warmup} warm-up "
+        f"and {args.iterations} timed iterations per path (infer + backward + clip + Adam). "
+        "Speed-ups are against the plain reference loop (NCHW, the baseline issue 6 names) "
+        "and against the channels-last one.",
         "",
-        f"Measured fp32 matmul peak: **{peak:.0f} GFLOP/s** (best of 1024² and 2048² matmuls, same run).",
+        "Measured matmul peaks (best of 1024² and 2048² matmuls, same run): "
+        + ", ".join(f"{name} **{peak:.0f} GFLOP/s**" for name, peak in peaks.items()) + ".",
         "",
-        "| path | ms / iteration | iterations / s | images / s | GFLOP / iteration (est.) "
-        "| GFLOP/s (est.) | % of matmul peak | speed-up | last loss |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| path | precision | ms / iteration | iterations / s | images / s "
+        f"| GFLOP / iteration (est.) | GFLOP/s (est.) | {peak_columns} | speed-up vs plain "
+        "| speed-up vs channels-last | last loss |",
+        f"|---|---|---:|---:|---:|---:|---:|{peak_rule}---:|---:|---:|",
     ]
     for timing in timings:
-        total = flops.reference_iteration if timing is ref else flops.fast_iteration
-        speedup = ref.seconds_per_iteration / timing.seconds_per_iteration
+        reference = kinds[timing.path].reference
+        total = flops.reference_iteration if reference else flops.fast_iteration
+        precision = args.reference_precision if reference else args.precision
+        rate = total * timing.iterations_per_second / 1e9
         lines.append(
-            f"| {timing.path} | {1000 * timing.seconds_per_iteration:.1f} "
+            f"| {timing.path} | {precision} | {1000 * timing.seconds_per_iteration:.1f} "
             f"| {timing.iterations_per_second:.2f} "
             f"| {args.batch * timing.iterations_per_second:.1f} | {total / 1e9:.3f} "
-            f"| {total * timing.iterations_per_second / 1e9:.2f} "
-            f"| {100 * total * timing.iterations_per_second / 1e9 / peak:.0f}% | {speedup:.2f}× "
+            f"| {rate:.2f} | {percent_of_peaks(rate, peaks)} "
+            f"| {plain.seconds_per_iteration / timing.seconds_per_iteration:.2f}× "
+            f"| {tuned.seconds_per_iteration / timing.seconds_per_iteration:.2f}× "
             f"| {timing.loss:.1f} |"
         )
     lines += [
         "",
-        f"Inference throughput (batch {args.batch}, no grad):",
+        f"Inference throughput (batch {args.batch}, no grad, {args.precision}):",
         "",
-        "| task | ms / batch | images / s | GFLOP / batch | GFLOP/s | % of matmul peak |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| task | ms / batch | images / s | GFLOP / batch | GFLOP/s | {peak_columns} |",
+        f"|---|---:|---:|---:|---:|{peak_rule}",
     ]
     for item in throughputs:
         rate = item.flops_per_batch / item.seconds_per_batch / 1e9
         lines.append(
             f"| {item.task} | {1000 * item.seconds_per_batch:.1f} "
             f"| {args.batch / item.seconds_per_batch:.0f} | {item.flops_per_batch / 1e9:.3f} "
-            f"| {rate:.2f} | {100 * rate / peak:.0f}% |"
+            f"| {rate:.2f} | {percent_of_peaks(rate, peaks)} |"
         )
     lines += [
         "",
@@ -331,11 +379,14 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     config = build_config(args)
     images = make_images(config, args.batch, args.seed, device)
-    timings = [time_path(config, images, path, args, device) for path in paths(device)]
+    timings = [time_path(config, images, path, args, device)
+               for path in paths(device, args.precision)]
     flops = count_flops(config, images, args, device)
     throughputs = time_inference(config, images, args, device)
-    peak = measure_matmul_peak(device)
-    text = report(config, args, device, timings, flops, throughputs, peak)
+    peaks = {"fp32": measure_matmul_peak(device)}
+    if "bf16" in (args.precision, args.reference_precision):
+        peaks["bf16"] = measure_matmul_peak(device, dtype=torch.bfloat16)
+    text = report(config, args, device, timings, flops, throughputs, peaks)
     print(text, end="")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

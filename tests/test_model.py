@@ -247,6 +247,37 @@ def test_competition_layouts_agree(model: ECON, images: Tensor) -> None:
     torch.testing.assert_close(grouped_out.region, loop_out.region, rtol=1e-10, atol=1e-12)
 
 
+def test_plain_nchw_activations_give_the_same_inference(model: ECON, images: Tensor) -> None:
+    """The benchmarks' plain NCHW baseline computes what the channels-last default does."""
+    model.double()
+    outputs = []
+    for memory_format in (torch.channels_last, torch.contiguous_format):
+        model.use_memory_format(memory_format)
+        torch.manual_seed(2)
+        outputs.append(model.infer(images.double(), stochastic=True))
+    last, plain = outputs
+    assert torch.equal(last.decomposition.winner, plain.decomposition.winner)
+    torch.testing.assert_close(last.loss, plain.loss, rtol=1e-10, atol=0)
+    torch.testing.assert_close(last.decomposition.region, plain.decomposition.region,
+                               rtol=1e-9, atol=1e-12)
+    with pytest.raises(EconError, match="memory format"):
+        model.use_memory_format(torch.preserve_format)
+
+
+def test_the_default_layout_follows_device_and_precision(model: ECON) -> None:
+    """Grouped where it is faster (GPUs, bf16 on CPUs), the loop over experts for fp32 CPUs;
+    an explicit choice wins."""
+    cpu = torch.device("cpu")
+    assert model.grouped is None
+    assert not model._grouped(cpu)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model._grouped(cpu)
+    assert model._grouped(torch.device("cuda"))
+    model.grouped = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not model._grouped(cpu)
+
+
 def test_a_handicap_moves_the_winners_but_not_the_scores(model: ECON, images: Tensor) -> None:
     """infer's handicap (K,) is added to the scores before the winner is chosen."""
     k = model.config.n_experts

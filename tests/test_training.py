@@ -26,7 +26,13 @@ from econ_scenes.threads import one_thread
 from econ_scenes.train import load_model, train
 from econ_scenes.train import loop as loop_module
 from econ_scenes.train.checkpoint import load_checkpoint
-from econ_scenes.train.loop import TrainingData, validation_loss
+from econ_scenes.train.loop import (
+    TrainingData,
+    autocast,
+    native_bf16,
+    resolve_precision,
+    validation_loss,
+)
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -399,3 +405,16 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path: Path, tiny_scenes_npz
     assert (run / "checkpoint.pt").is_file()
     result = train(run, resume=True, budget={"max_iterations": 1}, progress=False)
     assert result.iterations >= 1
+
+
+def test_auto_precision_is_bf16_where_the_device_has_bf16_units() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_precision(torch.device("cuda"), "auto") == "bf16"
+    assert resolve_precision(cpu, "auto") == ("bf16" if native_bf16(cpu) else "fp32")
+    for explicit in ("fp32", "bf16", "fp16"):
+        assert resolve_precision(cpu, explicit) == explicit
+    with autocast(cpu, "fp32"):
+        assert not torch.is_autocast_enabled("cpu")
+    with autocast(cpu, "bf16"):
+        assert torch.is_autocast_enabled("cpu")
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16

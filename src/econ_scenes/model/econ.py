@@ -15,9 +15,9 @@ Two paths give the same losses, winners and gradients:
 Both the competition and the winners' recomputation run the experts in one of two layouts: one
 grouped computation (stacked parameters, grouped convolutions; the winners as B groups, one
 per image), or a loop over experts with dense convolutions (the winners as one sub-batch per
-expert). On CPUs the loop is used: oneDNN's dense convolutions beat its grouped ones there
-(docs/performance.md has the measurements). GPUs use the grouped layout. Both give the same
-proposals.
+expert). GPUs and bf16 autocast on CPUs use the grouped layout; fp32 on CPUs the loop, where
+oneDNN's dense fp32 convolutions beat its grouped ones (docs/performance.md has the
+measurements). Both give the same proposals.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from econ_scenes.config import ModelConfig
 from econ_scenes.errors import EconError
 from econ_scenes.model.competition import choose_winner, competition_score, gumbel_noise
 from econ_scenes.model.experts import Experts, Proposal
+from econ_scenes.model.layers import StackedConv2d
 from econ_scenes.model.objective import LOG_FLOOR, StepLosses, step_losses
 from econ_scenes.types import Decomposition
 
@@ -58,8 +59,18 @@ class ECON(nn.Module):
         self.config = config
         self.experts = Experts(config)
         # Layout of the experts' computations: one grouped computation (True), a loop over
-        # experts (False), or None: grouped on GPUs, the loop on CPUs.
+        # experts (False), or None: grouped on GPUs and under bf16 autocast on CPUs, else the loop.
         self.grouped: bool | None = None
+
+    def use_memory_format(self, memory_format: torch.memory_format) -> None:
+        """Lay the experts' activations out channels-last (the default) or as plain NCHW
+        (``torch.contiguous_format``: the baseline of ``benchmarks/train_speed.py``)."""
+        if memory_format not in (torch.channels_last, torch.contiguous_format):
+            raise EconError(f"memory format must be channels_last or contiguous_format, "
+                            f"got {memory_format}")
+        for module in self.modules():
+            if isinstance(module, StackedConv2d):
+                module.memory_format = memory_format
 
     def freeze_experts(self, experts: tuple[int, ...]) -> None:
         """Zero the gradients of the given experts' slices of every stacked parameter, so that
@@ -207,7 +218,9 @@ class ECON(nn.Module):
         return chosen, step_losses(images, chosen, cfg.sigma_x), winner, score
 
     def _grouped(self, device: torch.device) -> bool:
-        return device.type != "cpu" if self.grouped is None else self.grouped
+        if self.grouped is not None:
+            return self.grouped
+        return device.type != "cpu" or torch.is_autocast_enabled("cpu")
 
     def _propose(self, images: Tensor, log_scope: Tensor, noise: Tensor | None,
                  given: Tensor | None) -> Proposal:

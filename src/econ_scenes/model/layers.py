@@ -39,6 +39,9 @@ class StackedConv2d(nn.Module):
     def __init__(self, n_experts: int, c_in: int, c_out: int, kernel_size: int = 3) -> None:
         super().__init__()
         self.c_in, self.c_out, self.kernel_size = c_in, c_out, kernel_size
+        # The activations' layout: channels-last (2-3× faster oneDNN convolutions on CPUs) or
+        # torch.contiguous_format, the plain NCHW layout (benchmarks' baseline).
+        self.memory_format = torch.channels_last
         self.weight = nn.Parameter(torch.empty(n_experts, c_out, c_in, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(n_experts, c_out))
         fan_in = c_in * kernel_size * kernel_size
@@ -49,8 +52,11 @@ class StackedConv2d(nn.Module):
         """x: (N, G·c_in, H, W), or (N, c_in, H, W) if shared → (N, G·c_out, H, W)."""
         groups = experts.numel()
         k = self.kernel_size
-        weight = self.weight[experts].reshape(groups * self.c_out, self.c_in, k, k)
-        bias = self.bias[experts].reshape(-1)
+        # index_select, not weight[experts]: its backward (index_add) is 4× faster on CPUs
+        # than advanced indexing's (index_put with accumulation) when B images pick K experts.
+        weight = self.weight.index_select(0, experts).reshape(groups * self.c_out, self.c_in, k, k)
+        bias = self.bias.index_select(0, experts).reshape(-1)
+        x = x.contiguous(memory_format=self.memory_format)
         return F.conv2d(x, weight, bias, padding=k // 2, groups=1 if shared else groups)
 
 
@@ -64,8 +70,8 @@ class StackedInstanceNorm(nn.Module):
 
     def forward(self, x: Tensor, experts: Tensor) -> Tensor:
         """x: (N, G·C, H, W) → same shape."""
-        weight = self.weight[experts].reshape(-1)
-        bias = self.bias[experts].reshape(-1)
+        weight = self.weight.index_select(0, experts).reshape(-1)
+        bias = self.bias.index_select(0, experts).reshape(-1)
         return F.instance_norm(x, weight=weight, bias=bias, eps=1e-5)
 
 
@@ -81,8 +87,8 @@ class StackedLinear(nn.Module):
 
     def forward(self, x: Tensor, experts: Tensor) -> Tensor:
         """x: (N, G, d_in) → (N, G, d_out)."""
-        weight = self.weight[experts]
-        return torch.einsum("ngi,goi->ngo", x, weight) + self.bias[experts]
+        weight = self.weight.index_select(0, experts)
+        return torch.einsum("ngi,goi->ngo", x, weight) + self.bias.index_select(0, experts)
 
 
 def channels_last(x: Tensor) -> Tensor:

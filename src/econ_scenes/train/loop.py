@@ -57,10 +57,27 @@ def resolve_device(name: str) -> torch.device:
     return Cluster.from_env().device(name)
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """Mixed precision where it helps: bf16 on GPUs by default; fp32 on CPUs without bf16 units."""
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively: CUDA GPUs, and CPUs with AMX or AVX512-BF16
+    units (there bf16 convolutions are 3× faster than fp32; on AVX2-only CPUs 10× slower)."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """auto → bf16 where :func:`native_bf16`, else fp32; other values as they are."""
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision where it helps (``auto``: bf16 where the device has bf16 units)."""
+    precision = resolve_precision(device, precision)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -249,7 +266,9 @@ def _train(run_dir: Path, config: RunConfig, data: Path, val: Path | None, resum
         writer=(SummaryWriter(str(run_dir / "tb"), purge_step=iteration or None)
                 if cluster.is_main else None),
         bar=tqdm(total=config.train.max_iterations, initial=iteration,
-                 disable=not (progress and cluster.is_main), desc="train", unit="it",
+                 disable=not (progress and cluster.is_main), unit="it",
+                 desc=f"train ({device.type}, "
+                      f"{resolve_precision(device, config.train.precision)})",
                  dynamic_ncols=True),
     )
     model.train()
