@@ -43,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from econ_scenes.config import PRESETS, RunConfig, override, preset
 from econ_scenes.data import SceneSpec, generate
 from econ_scenes.model import ECON
+from econ_scenes.model.econ import default_grouped
 from econ_scenes.scene import SceneModel
 from econ_scenes.train.loop import autocast, resolve_device, resolve_precision
 
@@ -162,7 +163,8 @@ def paths(device: torch.device, precision: str) -> dict[str, TimedPath]:
     """The fast path in the default layout for this device and precision (``ECON.grouped`` =
     None: grouped on GPUs and in bf16 on CPUs, else the loop over experts), the fast path in the
     other layout, the reference loop (channels-last) and the plain reference loop (NCHW)."""
-    default = device.type != "cpu" or precision == "bf16"
+    with autocast(device, precision):
+        default = default_grouped(device)
     name = {True: "experts grouped", False: "experts looped"}
     return {
         f"fast path (default: {name[default]})": TimedPath(False, default),

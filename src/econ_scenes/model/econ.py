@@ -37,6 +37,12 @@ from econ_scenes.model.objective import LOG_FLOOR, StepLosses, step_losses
 from econ_scenes.types import Decomposition
 
 
+def default_grouped(device: torch.device) -> bool:
+    """The experts' default layout here and now: grouped on GPUs and under CPU autocast (bf16),
+    the loop over experts for fp32 on CPUs."""
+    return device.type != "cpu" or torch.is_autocast_enabled("cpu")
+
+
 @dataclass(frozen=True)
 class Inference:
     """Result of :meth:`ECON.infer`.
@@ -218,9 +224,7 @@ class ECON(nn.Module):
         return chosen, step_losses(images, chosen, cfg.sigma_x), winner, score
 
     def _grouped(self, device: torch.device) -> bool:
-        if self.grouped is not None:
-            return self.grouped
-        return device.type != "cpu" or torch.is_autocast_enabled("cpu")
+        return default_grouped(device) if self.grouped is None else self.grouped
 
     def _propose(self, images: Tensor, log_scope: Tensor, noise: Tensor | None,
                  given: Tensor | None) -> Proposal:
