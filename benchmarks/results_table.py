@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from econ_scenes.evaluate.evaluate import HEADLINE_LABELS
+
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-COLUMNS = [
-    ("FG-ARI", ("headline", "fg_ari")), ("ARI", ("headline", "ari")),
-    ("mIoU", ("headline", "miou")), ("amodal IoU, all objects", ("headline", "amodal_iou")),
-    ("amodal IoU, occluded objects", ("headline", "occluded_object_iou")),
-    ("occluded-pixel IoU", ("headline", "occluded_iou")), ("AMI", ("headline", "ami")),
-    ("samples → class", ("headline", "sample_class_accuracy")),
-]
+COLUMNS = ("fg_ari", "ari", "miou", "amodal_iou", "occluded_object_iou", "occluded_iou", "ami",
+           "sample_class_accuracy")
+"""Headline numbers in the table, labelled as ``econ evaluate`` labels them."""
+NEEDS_EXPERTS = ("ami", "sample_class_accuracy")  # undefined for a single expert
 
 
 def _value(metrics: dict, path: tuple[str, ...]) -> str:
@@ -30,8 +29,8 @@ def _value(metrics: dict, path: tuple[str, ...]) -> str:
 
 
 def table(root: Path) -> str:
-    header = ["model", "image", "scenes", "regions", "latents", *[c for c, _ in COLUMNS],
-              "training"]
+    header = ["model", "image", "scenes", "regions", "latents",
+              *[HEADLINE_LABELS[c] for c in COLUMNS], "training"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     # A model's own test set in pretrained/<name>/, other test sets (e.g. ood) one level down.
     folders = sorted({p.parent for p in [*root.glob("*/metrics.json"), *root.glob("*/*/metrics.json")]})
@@ -44,8 +43,8 @@ def table(root: Path) -> str:
         training = (f"{info.get('iterations', '?')} it, {info.get('minutes', '?')} min, "
                     f"{info.get('hardware', '?')}")
         single = metrics.get("n_experts") == 1  # AMI and samples → class need several experts
-        values = [("–" if single and name in ("AMI", "samples → class") else _value(metrics, p))
-                  for name, p in COLUMNS]
+        values = [("–" if single and name in NEEDS_EXPERTS
+                   else _value(metrics, ("headline", name))) for name in COLUMNS]
         settings = metrics.get("settings") or {}
         regions = settings.get("regions", "attention")
         refined = settings.get("refine_steps") or 0

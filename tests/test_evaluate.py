@@ -27,9 +27,11 @@ from econ_scenes.evaluate.classifier import (
 )
 from econ_scenes.evaluate.evaluate import (
     HEADLINE,
+    HEADLINE_LABELS,
     classify_layers,
     decomposition_metrics,
     evaluate,
+    headline_statistic,
     write_report,
 )
 from econ_scenes.model import ECON
@@ -111,7 +113,9 @@ def test_evaluate_returns_every_metric_in_range(
         progress=False,
     )
     json.dumps(metrics, allow_nan=False)  # plain JSON, no NaN
-    assert set(metrics["headline"]) == set(HEADLINE)
+    assert set(metrics["headline"]) == set(HEADLINE) == set(HEADLINE_LABELS)
+    assert headline_statistic(metrics, "fg_ari") is metrics["segmentation"]["fg_ari"]
+    assert headline_statistic(metrics, "ami") == metrics["headline"]["ami"]
     assert metrics["n_scenes"] == 16 and metrics["n_steps"] == 4 and metrics["n_experts"] == 4
     for name in ("ari", "fg_ari"):
         _check_stat(metrics["segmentation"][name], -1.0, 1.0)
@@ -356,5 +360,8 @@ def test_cli_writes_the_report(
     assert (out / "metrics.md").read_text().startswith("# ECON evaluation")
     for label in ("FG-ARI", "ARI", "mIoU", "amodal IoU, all objects",
                   "amodal IoU, occluded objects", "occluded-pixel IoU", "AMI",
-                  "sample-class accuracy", "KID"):
+                  "samples → class", "KID"):
         assert label in result.stdout
+    fg_ari = metrics["segmentation"]["fg_ari"]
+    assert f"FG-ARI: {fg_ari['mean']:.3f}  [{fg_ari['ci_low']:.3f}, {fg_ari['ci_high']:.3f}]" \
+        in result.stdout

@@ -9,38 +9,28 @@ import typer
 
 from econ_scenes.errors import EconError
 
+SHOWN = ("fg_ari", "ari", "miou", "amodal_iou", "occluded_object_iou", "occluded_iou",
+         "depth_accuracy", "count_accuracy", "ami", "sample_class_accuracy",
+         "compose_scene_accuracy", "kid")
+"""The headline numbers ``econ evaluate`` prints."""
+GENERATION = ("sample_class_accuracy", "compose_scene_accuracy", "kid")
+
 
 def _headline_lines(metrics: dict[str, Any]) -> list[str]:
-    """The headline numbers, one per line, with their 95 % CI where there is one."""
-    labels = {
-        "fg_ari": ("FG-ARI", ("segmentation", "fg_ari")),
-        "ari": ("ARI", ("segmentation", "ari")),
-        "miou": ("mIoU", ("segmentation", "miou")),
-        "amodal_iou": ("amodal IoU, all objects", ("amodal", "iou")),
-        "occluded_object_iou": ("amodal IoU, occluded objects",
-                                ("amodal", "occluded_object_iou")),
-        "occluded_iou": ("occluded-pixel IoU", ("amodal", "occluded_iou")),
-        "depth_accuracy": ("depth-order accuracy", None),
-        "count_accuracy": ("count accuracy", ("count", "accuracy")),
-        "ami": ("AMI (experts vs classes)", None),
-        "sample_class_accuracy": ("sample-class accuracy", ("generation", "samples", "accuracy")),
-        "compose_scene_accuracy": ("composed-scene accuracy",
-                                   ("generation", "compose", "scene_accuracy")),
-        "kid": ("KID", None),
-    }
-    headline = metrics["headline"]
+    """The headline numbers, one per line, with their 95 % CI where there is one; the
+    generation numbers only when generation was evaluated."""
+    from econ_scenes.evaluate.evaluate import HEADLINE_LABELS, headline_statistic
+
     lines = []
-    for key, (label, path) in labels.items():
-        value = headline.get(key)
+    for key in SHOWN:
+        label = HEADLINE_LABELS[key]
+        value = metrics["headline"].get(key)
         if value is None:
-            if key in ("sample_class_accuracy", "compose_scene_accuracy", "kid"):
-                continue
-            lines.append(f"{label:>29}: –")
+            if key not in GENERATION:
+                lines.append(f"{label:>29}: –")
             continue
         text = f"{value:.4f}" if key == "kid" else f"{value:.3f}"
-        stat: Any = metrics
-        for part in path or ():
-            stat = stat.get(part) if isinstance(stat, dict) else None
+        stat = headline_statistic(metrics, key)
         if isinstance(stat, dict) and stat.get("ci_low") is not None:
             text += f"  [{stat['ci_low']:.3f}, {stat['ci_high']:.3f}]"
         lines.append(f"{label:>29}: {text}")

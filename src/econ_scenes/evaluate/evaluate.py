@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKGROUND_COVERAGE",
     "HEADLINE",
+    "HEADLINE_LABELS",
     "class_experts",
     "classify_layers",
     "decompose_scenes",
@@ -68,6 +69,7 @@ __all__ = [
     "format_report",
     "generation_metrics",
     "given_regions",
+    "headline_statistic",
     "min_object_pixels",
     "summarise",
     "to_jsonable",
@@ -100,6 +102,32 @@ HEADLINE: dict[str, tuple[str, ...]] = {
     "kid": ("generation", "kid", "mean"),
 }
 """Headline number → its path in the metrics dict."""
+
+HEADLINE_LABELS: dict[str, str] = {
+    "fg_ari": "FG-ARI",
+    "ari": "ARI",
+    "miou": "mIoU",
+    "msc": "mSC",
+    "amodal_iou": "amodal IoU, all objects",
+    "occluded_object_iou": "amodal IoU, occluded objects",
+    "occluded_iou": "occluded-pixel IoU",
+    "depth_accuracy": "depth-order accuracy",
+    "count_accuracy": "count accuracy",
+    "mse": "reconstruction MSE",
+    "ami": "AMI (experts vs classes)",
+    "hungarian_accuracy": "expert-class accuracy (Hungarian)",
+    "sample_class_accuracy": "samples → class",
+    "compose_scene_accuracy": "composed-scene accuracy",
+    "kid": "KID",
+}
+"""Headline number → the label the CLI, reports and the README's results table give it."""
+
+
+def headline_statistic(metrics: dict[str, Any], name: str) -> Any:
+    """The statistic behind a headline number: its dict (mean, CI) when it has one, else the
+    value itself; None when the metrics lack it."""
+    path = HEADLINE[name]
+    return _lookup(metrics, path[:-1] if path[-1] == "mean" else path)
 
 
 # --------------------------------------------------------------------------- helpers
