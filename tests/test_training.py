@@ -418,3 +418,23 @@ def test_auto_precision_is_bf16_where_the_device_has_bf16_units() -> None:
     with autocast(cpu, "bf16"):
         assert torch.is_autocast_enabled("cpu")
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def test_a_resumed_run_says_when_its_precision_changes(
+    run_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The checkpoint records the precision the run was computed in; resuming in another one
+    (a run started on a bf16 CPU, continued on one without bf16 units) is said, not silent."""
+    assert load_checkpoint(run_copy)["precision"] == "fp32"
+    capsys.readouterr()
+    train(run_copy, resume=True, budget={"max_iterations": ITERATIONS + 1}, progress=False)
+    assert "computed in" not in capsys.readouterr().out
+    path = run_copy / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    state["precision"] = "bf16"
+    torch.save(state, path)
+    train(run_copy, resume=True, budget={"max_iterations": ITERATIONS + 2}, progress=False)
+    out = capsys.readouterr().out
+    assert f"iterations 1-{ITERATIONS + 1} of this run were computed in bf16" in out
+    assert "continues in fp32" in out
+    assert load_checkpoint(run_copy)["precision"] == "fp32"

@@ -254,8 +254,10 @@ def _train(run_dir: Path, config: RunConfig, data: Path, val: Path | None, resum
     schedule = Plateau(lr=config.train.lr)
     iteration, elapsed = 0, 0.0
     handicap = torch.zeros(config.model.n_experts, dtype=torch.float64)
+    precision = resolve_precision(device, config.train.precision)
+    trained_in = precision
     if resume:
-        iteration, elapsed, handicap = _restore(run_dir, model, optimiser, schedule)
+        iteration, elapsed, handicap, trained_in = _restore(run_dir, model, optimiser, schedule)
     elif config.train.init_from:
         _initialise(model, Path(config.train.init_from))
     model.freeze_experts(config.train.frozen_experts)
@@ -263,14 +265,18 @@ def _train(run_dir: Path, config: RunConfig, data: Path, val: Path | None, resum
         run_dir=run_dir, config=config, model=model, objective=wrap(model, cluster, device),
         optimiser=optimiser, schedule=schedule, handicap=handicap.to(device),
         data=TrainingData.open(data, val, config, device, cluster), cluster=cluster,
+        precision=precision,
         writer=(SummaryWriter(str(run_dir / "tb"), purge_step=iteration or None)
                 if cluster.is_main else None),
         bar=tqdm(total=config.train.max_iterations, initial=iteration,
                  disable=not (progress and cluster.is_main), unit="it",
-                 desc=f"train ({device.type}, "
-                      f"{resolve_precision(device, config.train.precision)})",
+                 desc=f"train ({device.type}, {precision})",
                  dynamic_ncols=True),
     )
+    if trained_in not in (None, precision) and cluster.is_main:
+        session.bar.write(f"note: iterations 1-{iteration} of this run were computed in "
+                          f"{trained_in}; this {device.type} continues in {precision} "
+                          f"(train.precision={config.train.precision!r})")
     model.train()
     with _terminate_as_interrupt():
         return session.run(iteration, elapsed)
@@ -303,9 +309,10 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
 
 
 def _restore(run_dir: Path, model: ECON, optimiser: torch.optim.Optimizer,
-             schedule: Plateau) -> tuple[int, float, torch.Tensor]:
-    """Weights, optimiser, schedule and random state of a checkpoint → iteration, minutes and
-    the usage balance's handicap (zeros for checkpoints written before it existed)."""
+             schedule: Plateau) -> tuple[int, float, torch.Tensor, str | None]:
+    """Weights, optimiser, schedule and random state of a checkpoint → iteration, minutes, the
+    usage balance's handicap (zeros for checkpoints written before it existed) and the
+    precision the run was computed in so far (None for checkpoints that predate the record)."""
     state = load_checkpoint(run_dir)
     try:
         model.load_state_dict(state["model"])
@@ -322,12 +329,14 @@ def _restore(run_dir: Path, model: ECON, optimiser: torch.optim.Optimizer,
     if handicap.shape != (model.config.n_experts,):
         raise EconError(f"checkpoint in {run_dir} has a handicap of shape "
                         f"{tuple(handicap.shape)} for {model.config.n_experts} experts")
-    return int(state["iteration"]), float(state.get("minutes", 0.0)), handicap
+    return (int(state["iteration"]), float(state.get("minutes", 0.0)), handicap,
+            state.get("precision"))
 
 
 def _checkpoint(run_dir: Path, model: ECON, optimiser: torch.optim.Optimizer, schedule: Plateau,
-                handicap: torch.Tensor, iteration: int, minutes: float) -> None:
+                handicap: torch.Tensor, iteration: int, minutes: float, precision: str) -> None:
     save_checkpoint(run_dir, {
+        "precision": precision,
         "handicap": handicap.tolist(),
         "model": model.state_dict(),
         "optimiser": optimiser.state_dict(),
@@ -369,6 +378,7 @@ class _Session:
     handicap: torch.Tensor  # (K,) the usage balance's handicap, float64
     data: TrainingData
     cluster: Cluster
+    precision: str  # resolved for this device: fp32 | bf16 | fp16
     writer: SummaryWriter | None
     bar: tqdm
 
@@ -413,7 +423,7 @@ class _Session:
         images, gt = self.data.batch(iteration)
         rate = self.config.model.balance(iteration)
         handicap = self.handicap.float() if rate > 0 else None
-        with autocast(self.data.device, tc.precision):
+        with autocast(self.data.device, self.precision):
             loss, out = self.objective(images, gt, iteration, self.cluster.shard, handicap)
         if not torch.isfinite(loss):
             raise EconError(f"loss became {loss.item()} at iteration {iteration}: the run "
@@ -435,7 +445,7 @@ class _Session:
     def validate(self, iteration: int, minutes: float) -> str:
         """Validation loss and the plateau schedule; a stop reason once it has converged."""
         tc = self.config.train
-        val_loss = validation_loss(self.model, self.data, tc.precision)
+        val_loss = validation_loss(self.model, self.data, self.precision)
         self.schedule.update(val_loss, tc.patience, tc.lr_decay)
         if self.writer is not None:
             self.writer.add_scalar("val/loss", val_loss, iteration)
@@ -459,7 +469,7 @@ class _Session:
             save_snapshot(self.run_dir, self.model, iteration, minutes)
         if iteration % tc.checkpoint_every == 0 or final:
             _checkpoint(self.run_dir, self.model, self.optimiser, self.schedule, self.handicap,
-                        iteration, minutes)
+                        iteration, minutes, self.precision)
 
     def close(self) -> None:
         self.bar.close()
