@@ -365,3 +365,12 @@ def test_cli_writes_the_report(
     fg_ari = metrics["segmentation"]["fg_ari"]
     assert f"FG-ARI: {fg_ari['mean']:.3f}  [{fg_ari['ci_low']:.3f}, {fg_ari['ci_high']:.3f}]" \
         in result.stdout
+
+
+def test_scenes_with_more_layers_than_steps_get_a_step_per_layer(tiny_model: SceneModel) -> None:
+    """Fig 8's scenes (five objects and a background) are decomposed in six steps by default:
+    the model's four could find at most four segments."""
+    ood = generate(SceneSpec.preset("ood", size=SIZE), 4, seed=0)
+    assert ood.n_layers == 6 > tiny_model.config.model.n_steps
+    assert evaluate(tiny_model, ood, progress=False)["n_steps"] == 6
+    assert evaluate(tiny_model, ood, n_steps=3, progress=False)["n_steps"] == 3

@@ -268,6 +268,14 @@ PRESETS: dict[str, RunConfig] = {
         preset="quick",
     ),
 }
+# Random colours: an object's latent must hold its colour as well as its position and size
+# (L = 6), and a decoder of 16 features never split the foreground (docs/competition.md,
+# eleventh session); the same competition as `quick`.
+PRESETS["quick-random"] = RunConfig(
+    model=dataclasses.replace(PRESETS["quick"].model, latent_dim=6, vae_features=32),
+    train=dataclasses.replace(PRESETS["quick"].train, max_iterations=10000),
+    preset="quick-random",
+)
 
 
 def preset(name: str) -> RunConfig:

@@ -43,7 +43,8 @@ def evaluate_command(
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json and metrics.md.")],
     n: Annotated[int, typer.Option("--n", help="Evaluate the first N scenes.")] = 1000,
     n_steps: Annotated[
-        int | None, typer.Option("--n-steps", "-T", help="Inference steps (default: the run's).")
+        int | None, typer.Option("--n-steps", "-T", help="Inference steps (default: the run's, or the "
+                                                  "scenes' layer count if larger).")
     ] = None,
     generation: Annotated[
         bool,

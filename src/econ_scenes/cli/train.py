@@ -30,7 +30,7 @@ def train_command(
     data: Annotated[Path | None, typer.Option(help="Training scenes (.npz or folder).")] = None,
     out: Annotated[Path | None, typer.Option(help="New run directory.")] = None,
     preset: Annotated[str | None, typer.Option(
-        help="paper-unique | paper-random | quick (default: quick)")] = None,
+        help="paper-unique | paper-random | quick | quick-random (default: quick)")] = None,
     config_file: Annotated[Path | None, typer.Option(
         "--config", help="Start from this run configuration (e.g. another run's config.json) "
         "instead of --preset.")] = None,

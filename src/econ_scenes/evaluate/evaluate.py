@@ -613,7 +613,8 @@ def evaluate(scene_model: SceneModel, scenes: Scenes, *, n_steps: int | None = N
     """Decompose ``scenes`` with ``scene_model`` and score everything (see the module doc).
 
     Args:
-        n_steps: inference steps T (default: the model's).
+        n_steps: inference steps T (default: the model's, or the scenes' layer count when they
+            have more layers, e.g. the six of Fig 8's scenes: T steps find at most T segments).
         classifier: shape classifier for the generation scores (skipped when None).
         n_generated: scenes generated for KID; n_samples: objects per expert; n_composed:
             composed scenes.
@@ -633,6 +634,8 @@ def evaluate(scene_model: SceneModel, scenes: Scenes, *, n_steps: int | None = N
     # given the visible regions, how well does it complete the full shapes?
     regions = given_regions(scene_model, scenes)
     given = regions is not None
+    if n_steps is None and not given:
+        n_steps = max(scene_model.config.model.n_steps, scenes.n_layers)
     decomposition = decompose_scenes(scene_model, scenes.images, n_steps=n_steps, regions=regions,
                                      batch_size=batch_size, progress=progress,
                                      refine_steps=refine_steps)
