@@ -17,15 +17,9 @@ COLUMNS = ("fg_ari", "ari", "miou", "amodal_iou", "occluded_object_iou", "occlud
 NEEDS_EXPERTS = ("ami", "sample_class_accuracy")  # undefined for a single expert
 
 
-def _value(metrics: dict, path: tuple[str, ...]) -> str:
-    node = metrics
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return "–"
-        node = node[key]
-    if isinstance(node, dict):
-        node = node.get("mean")
-    return "–" if node is None else f"{node:.3f}"
+def _value(metrics: dict, name: str) -> str:
+    value = (metrics.get("headline") or {}).get(name)
+    return "–" if value is None else f"{value:.3f}"
 
 
 def table(root: Path) -> str:
@@ -44,7 +38,7 @@ def table(root: Path) -> str:
                     f"{info.get('hardware', '?')}")
         single = metrics.get("n_experts") == 1  # AMI and samples → class need several experts
         values = [("–" if single and name in NEEDS_EXPERTS
-                   else _value(metrics, ("headline", name))) for name in COLUMNS]
+                   else _value(metrics, name)) for name in COLUMNS]
         settings = metrics.get("settings") or {}
         regions = settings.get("regions", "attention")
         refined = settings.get("refine_steps") or 0

@@ -13,20 +13,19 @@ SHOWN = ("fg_ari", "ari", "miou", "amodal_iou", "occluded_object_iou", "occluded
          "depth_accuracy", "count_accuracy", "ami", "sample_class_accuracy",
          "compose_scene_accuracy", "kid")
 """The headline numbers ``econ evaluate`` prints."""
-GENERATION = ("sample_class_accuracy", "compose_scene_accuracy", "kid")
 
 
 def _headline_lines(metrics: dict[str, Any]) -> list[str]:
     """The headline numbers, one per line, with their 95 % CI where there is one; the
     generation numbers only when generation was evaluated."""
-    from econ_scenes.evaluate.evaluate import HEADLINE_LABELS, headline_statistic
+    from econ_scenes.evaluate.evaluate import HEADLINE, HEADLINE_LABELS, headline_statistic
 
     lines = []
     for key in SHOWN:
         label = HEADLINE_LABELS[key]
         value = metrics["headline"].get(key)
         if value is None:
-            if key not in GENERATION:
+            if HEADLINE[key][0] != "generation":  # not scored with --no-generation
                 lines.append(f"{label:>29}: –")
             continue
         text = f"{value:.4f}" if key == "kid" else f"{value:.3f}"
