@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from econ_scenes.config import ModelConfig, RunConfig, TrainConfig
+from econ_scenes.threads import one_thread
+from econ_scenes.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,3 +45,29 @@ def test_train_speed_reports_every_path_against_the_fp32_reference(
         "(default: experts looped)" in rows[0]
     assert "fp32 **" in text and (("bf16 **" in text) == (precision == "bf16"))
     assert "| decomposition |" in text and "| generation |" in text
+
+
+def test_export_counts_the_run_a_model_was_initialised_from(
+    tmp_path: Path, tiny_scenes_npz: Path, tiny_model_config: ModelConfig
+) -> None:
+    export = load_script("export_pretrained")
+    settings = {"batch_size": 4, "n_val": 8, "eval_every": 2, "device": "cpu", "precision": "fp32"}
+    first = RunConfig(model=tiny_model_config, train=TrainConfig(**settings))  # type: ignore[arg-type]
+    second = RunConfig(model=tiny_model_config, train=TrainConfig(
+        **settings, init_from=str(tmp_path / "first")))  # type: ignore[arg-type]
+    with one_thread():
+        train(tmp_path / "first", config=first, data=tiny_scenes_npz,
+              budget={"max_iterations": 2}, progress=False)
+        train(tmp_path / "second", config=second, data=tiny_scenes_npz,
+              budget={"max_iterations": 3}, progress=False)
+    export.main([str(tmp_path / "second"), "m", "--root", str(tmp_path / "pretrained"),
+                 "--hardware", "test"])
+    info = json.loads((tmp_path / "pretrained" / "m" / "training.json").read_text())
+    assert [s["iterations"] for s in info["stages"]] == [2, 3]
+    assert [s["run"] for s in info["stages"]] == ["first", "second"]
+    assert info["iterations"] == 5
+    assert info["minutes"] == pytest.approx(sum(s["minutes"] for s in info["stages"]), abs=0.02)
+    assert info["data"] == f"{tiny_scenes_npz.name} → {tiny_scenes_npz.name}"
+    export.main([str(tmp_path / "first"), "alone", "--root", str(tmp_path / "pretrained")])
+    alone = json.loads((tmp_path / "pretrained" / "alone" / "training.json").read_text())
+    assert alone["iterations"] == 2 and "stages" not in alone

@@ -179,6 +179,24 @@ def test_fit_prior_writes_the_latent_prior_that_sampling_then_uses(
         SceneModel.load(tmp_path / "run")
 
 
+def test_the_latent_prior_is_fitted_to_refined_latents(scene_model: SceneModel,
+                                                      tiny_scenes: Scenes) -> None:
+    images = tiny_scenes.images[:40]
+    scene_model.fit_prior(images, min_pixels=1, refine_steps=3, save=False)
+    fitted = scene_model.latent_prior
+    expected = LatentPrior.fit(scene_model.decompose(images, refine_steps=3), 1)
+    assert fitted is not None and fitted.mixtures.keys() == expected.mixtures.keys()
+    for k, (weights, means, chol) in expected.mixtures.items():
+        torch.testing.assert_close(fitted.mixtures[k][1], means)
+        torch.testing.assert_close(fitted.mixtures[k][0], weights)
+        torch.testing.assert_close(fitted.mixtures[k][2], chol)
+    scene_model.fit_prior(images, min_pixels=1, refine_steps=0, save=False)
+    encoder_only = scene_model.latent_prior
+    assert encoder_only is not None
+    k = next(iter(expected.mixtures))
+    assert not torch.allclose(encoder_only.mixtures[k][1], expected.mixtures[k][1])
+
+
 def test_prior_round_trip_and_unconditional_generation(scene_model: SceneModel, tiny_scenes: Scenes,
                                                        tmp_path: Path) -> None:
     scene_model.save(tmp_path / "run")
@@ -301,12 +319,20 @@ def test_cli_decompose_sample_compose(scene_model: SceneModel, tiny_scenes_npz: 
     assert result.returncode == 0, result.stderr
     with np.load(tmp_path / "c.npz") as c:
         assert c["images"].shape == (4, 16, 16, 3)
+    result = econ("compose", str(run), "--prior", "--data", str(tiny_scenes_npz), "--refine", "2",
+                  "--n", "3", "--out", str(tmp_path / "p.npz"))
+    assert result.returncode == 0, result.stderr
+    assert (run / "prior.json").is_file() and (run / "latents.json").is_file()
+    with np.load(tmp_path / "p.npz") as c:
+        assert c["images"].shape == (3, 16, 16, 3)
     for args, message in [
         (("sample", str(run), "--expert", "9", "--out", str(tmp_path / "s.npz")), "out of range"),
         (("decompose", str(run), "--images", str(tmp_path / "missing.npz"), "--out", "x.npz"), "no images"),
         (("compose", str(run), "--experts", "a,b", "--out", str(tmp_path / "c.npz")), "integers"),
         (("decompose", str(run), "--images", str(tiny_scenes_npz), "--out", "x.npz", "--refine",
           "-1"), "--refine must be >= 0"),
+        (("compose", str(run), "--prior", "--data", str(tiny_scenes_npz), "--refine", "-2",
+          "--out", str(tmp_path / "c.npz")), "--refine must be >= 0"),
     ]:
         result = econ(*args)
         assert result.returncode == 2, result.stderr

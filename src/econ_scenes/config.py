@@ -15,6 +15,10 @@ from typing import Any
 
 from econ_scenes.errors import EconError
 
+DEFAULT_REFINE_STEPS = 50
+"""Gradient steps of latent refinement (model/refine.py) where a caller does not choose: about
+what the shipped models need to converge."""
+
 BALANCE_STEPS = ("all", "last", "bonus-last")
 
 

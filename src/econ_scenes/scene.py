@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from econ_scenes.config import RunConfig, override
+from econ_scenes.config import DEFAULT_REFINE_STEPS, RunConfig, override
 from econ_scenes.errors import EconError
 from econ_scenes.io import atomic_write
 from econ_scenes.model import ECON
@@ -290,11 +290,16 @@ class SceneModel:
                            latent=latent, image=layer_scene(appearance, drawn))
 
     def fit_prior(self, images: np.ndarray | Tensor, *, min_pixels: int | None = None,
-                  save: bool = True) -> SequencePrior:
+                  refine_steps: int = DEFAULT_REFINE_STEPS, save: bool = True) -> SequencePrior:
         """Fit p(k_1..k_T) from the winners on training scenes (``prior.json``) and each expert's
-        latent density (:class:`LatentPrior`, ``latents.json``; used by sampling from now on)."""
+        latent density (:class:`LatentPrior`, ``latents.json``; used by sampling from now on).
+
+        The density is fitted to latents refined by ``refine_steps`` (see :meth:`decompose`):
+        the encoder's latent for a partly hidden object tends to describe the visible part, and
+        a density fitted to those puts mass on shapes that are not whole objects.
+        """
         pixels = min_pixels if min_pixels is not None else max(4, self.image_size**2 // 200)
-        decomposition = self.decompose(images)
+        decomposition = self.decompose(images, refine_steps=refine_steps)
         prior = SequencePrior.fit(decomposition, pixels)
         self.latent_prior = LatentPrior.fit(decomposition, pixels)
         if save and self.run_dir is not None:

@@ -15,10 +15,11 @@ from typing import Annotated
 
 import typer
 
+from econ_scenes.config import DEFAULT_REFINE_STEPS
 from econ_scenes.errors import EconError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-REFINE_STEPS = 50
+REFINE_STEPS = DEFAULT_REFINE_STEPS
 """Gradient steps on each latent in the demo's decompositions and figures (econ_scenes.model.refine)."""
 
 

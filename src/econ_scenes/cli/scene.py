@@ -11,6 +11,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from econ_scenes.config import DEFAULT_REFINE_STEPS
 from econ_scenes.errors import EconError
 
 
@@ -164,6 +165,9 @@ def compose_command(
     n: Annotated[int, typer.Option()] = 16,
     out: Annotated[Path, typer.Option()] = Path("compositions.npz"),
     seed: Annotated[int, typer.Option()] = 0,
+    refine: Annotated[int, typer.Option(
+        "--refine", help="Gradient steps on each latent of the scenes the prior is fitted on "
+        "(0: the encoder's latents).")] = DEFAULT_REFINE_STEPS,
 ) -> None:
     """Compose new scenes layer by layer: images (N,H,W,3), layers (N,T,H,W,3), shapes (N,T,H,W),
     experts (N,T) back to front (-1: no layer)."""
@@ -174,11 +178,13 @@ def compose_command(
         raise EconError("give exactly one of --experts K1,K2,... or --prior")
     if n < 1:
         raise EconError(f"--n must be >= 1, got {n}")
+    if refine < 0:
+        raise EconError(f"--refine must be >= 0, got {refine}")
     if prior:
         if data is not None or not (Path(run) / PRIOR_FILE).exists():
             if data is None:
                 raise EconError(f"{run} has no {PRIOR_FILE}: pass --data TRAIN to fit it")
-            model.fit_prior(read_images(data)[:1000])
+            model.fit_prior(read_images(data)[:1000], refine_steps=refine)
         composition = model.compose_from_prior(n, seed=seed)
     else:
         try:
