@@ -33,7 +33,24 @@ def machine() -> str:
             f"torch {torch.__version__}, {platform.system()}")
 
 
-def main() -> None:
+def stage(run: Path, state: dict) -> dict:
+    """Iterations, minutes and training data of one run (``state``: its checkpoint or the
+    metadata of the snapshot shipped)."""
+    data = json.loads((run / "run.json").read_text())["data"]
+    return {"run": run.name, "iterations": int(state["iteration"]),
+            "minutes": round(float(state["minutes"]), 2), "data": Path(data).name}
+
+
+def earlier_stages(run: Path) -> list[dict]:
+    """The runs this one was initialised from (``econ train --init``), first first: their
+    iterations and minutes count towards the shipped model's training."""
+    init = json.loads((run / "config.json").read_text())["train"].get("init_from", "")
+    if not init or not (Path(init) / "run.json").is_file():
+        return []
+    return [*earlier_stages(Path(init)), stage(Path(init), load_checkpoint(Path(init)))]
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("name")
@@ -42,7 +59,7 @@ def main() -> None:
     parser.add_argument("--snapshot", type=int, default=None,
                         help="ship the weights of snapshots/iter_<N>.safetensors instead of the "
                              "run's final ones (fit the prior afterwards)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     target = args.root / args.name
     target.mkdir(parents=True, exist_ok=True)
     shutil.copy2(args.run / "config.json", target / "config.json")
@@ -58,13 +75,15 @@ def main() -> None:
             (target / stale).unlink(missing_ok=True)
         with safe_open(str(weights), framework="pt") as handle:
             state = handle.metadata()
-    run_info = json.loads((args.run / "run.json").read_text())
+    stages = [*earlier_stages(args.run), stage(args.run, state)]
     info = {
-        "iterations": int(state["iteration"]),
-        "minutes": round(float(state["minutes"]), 2),
+        "iterations": sum(s["iterations"] for s in stages),
+        "minutes": round(sum(s["minutes"] for s in stages), 2),
         "hardware": args.hardware or machine(),
-        "data": Path(run_info["data"]).name,
+        "data": " → ".join(s["data"] for s in stages),
     }
+    if len(stages) > 1:
+        info["stages"] = stages
     (target / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     print(f"exported {args.run} → {target}: {info}")
 

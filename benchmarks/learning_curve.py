@@ -92,10 +92,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--every", type=int, default=1,
                         help="only the snapshots whose iteration is a multiple of this")
+    parser.add_argument("--start-minutes", type=float, default=0.0,
+                        help="added to every snapshot's minutes: for a run started with --init "
+                        "from another, the minutes that one trained")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = SceneModel.load(args.run, args.device)
     points = snapshot_points(model, args.run, args.preset, args.seed, args.n, args.every)
+    for point in points:
+        point["minutes"] += args.start_minutes
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(points, indent=1) + "\n")
     given = model.config.train.gt_masks
