@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if len(stages) > 1:
         info["stages"] = stages
-    (target / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    (target / "training.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     print(f"exported {args.run} → {target}: {info}")
 
 
