@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     target = args.root / args.name
     target.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(args.run / "config.json", target / "config.json")
+    config = json.loads((args.run / "config.json").read_text())
+    config["train"]["init_from"] = ""  # a path on the training machine; training.json has the stages
+    (target / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if args.snapshot is None:
         state = load_checkpoint(args.run)
         for name in ("model.safetensors", "prior.json", "latents.json"):

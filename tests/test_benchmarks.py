@@ -68,6 +68,8 @@ def test_export_counts_the_run_a_model_was_initialised_from(
     assert info["iterations"] == 5
     assert info["minutes"] == pytest.approx(sum(s["minutes"] for s in info["stages"]), abs=0.02)
     assert info["data"] == f"{tiny_scenes_npz.name} → {tiny_scenes_npz.name}"
+    shipped = json.loads((tmp_path / "pretrained" / "m" / "config.json").read_text())
+    assert shipped["train"]["init_from"] == "" and shipped["model"]["latent_dim"] == 2
     export.main([str(tmp_path / "first"), "alone", "--root", str(tmp_path / "pretrained")])
     alone = json.loads((tmp_path / "pretrained" / "alone" / "training.json").read_text())
     assert alone["iterations"] == 2 and "stages" not in alone
