@@ -274,7 +274,8 @@ PRESETS: dict[str, RunConfig] = {
 }
 # Random colours: an object's latent must hold its colour as well as its position and size
 # (L = 6), and a decoder of 16 features never split the foreground; the same competition as
-# `quick`. Seed 0 separates objects, seed 1 did not in 1,500 iterations (docs/competition.md).
+# `quick`. From scratch the objects separate on some seeds only; first on unique colours, then on
+# random ones (`econ train --init`, README) they did on every seed tried (docs/competition.md).
 PRESETS["quick-random"] = RunConfig(
     model=dataclasses.replace(PRESETS["quick"].model, latent_dim=6, vae_features=32),
     train=dataclasses.replace(PRESETS["quick"].train, max_iterations=10000),

@@ -19,8 +19,6 @@ from econ_scenes.config import DEFAULT_REFINE_STEPS
 from econ_scenes.errors import EconError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-REFINE_STEPS = DEFAULT_REFINE_STEPS
-"""Gradient steps on each latent in the demo's decompositions and figures (econ_scenes.model.refine)."""
 
 
 def shipped(name: str) -> Path | None:
@@ -70,10 +68,10 @@ def demo_command(
 
     from econ_scenes.cli.scene import _picture, _save_npz
 
-    decomposition = scene_model.decompose(test.images[:16], refine_steps=REFINE_STEPS)
+    decomposition = scene_model.decompose(test.images[:16], refine_steps=DEFAULT_REFINE_STEPS)
     arrays = decomposition.numpy()
     _save_npz(out / "decomposition.npz", arrays)
-    typer.echo(f"decomposed 16 test scenes (latents refined by {REFINE_STEPS} steps) → "
+    typer.echo(f"decomposed 16 test scenes (latents refined by {DEFAULT_REFINE_STEPS} steps) → "
                f"{out / 'decomposition.npz'}")
     if scene_model.run_dir is not None and not (scene_model.run_dir / "prior.json").exists():
         scene_model.fit_prior(generate(spec, 500, seed=seed + 1).images)
@@ -88,7 +86,7 @@ def demo_command(
     single = shipped("single")
     paths = make_all(scene_model, test.images[:256], out / "figures", seed=seed,
                      single_model=None if single is None else SceneModel.load(single),
-                     refine_steps=REFINE_STEPS)
+                     refine_steps=DEFAULT_REFINE_STEPS)
     typer.echo(f"figures: {', '.join(p.name for p in paths)} in {out / 'figures'}")
     _random_colour_figures(out / "figures" / "random", seed)
 
@@ -100,7 +98,7 @@ def demo_command(
     write_report(metrics, out)
     typer.echo(headline(metrics))
     typer.echo(f"metrics: {out / 'metrics.md'} (the encoder's latents; `econ evaluate RUN --data "
-               f"{out / 'data' / 'test.npz'} --out DIR --refine {REFINE_STEPS}` scores refined ones)")
+               f"{out / 'data' / 'test.npz'} --out DIR --refine {DEFAULT_REFINE_STEPS}` scores refined ones)")
 
 
 def _random_colour_figures(out: Path, seed: int) -> None:
