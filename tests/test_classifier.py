@@ -18,6 +18,7 @@ from econ_scenes.evaluate.classifier import (
     classifier_path,
     load_or_train_classifier,
     render_shape_dataset,
+    shipped_classifier_path,
     train_classifier,
 )
 
@@ -69,6 +70,20 @@ def test_cache_round_trip_loads_without_retraining(
     np.testing.assert_array_equal(first.features(images), second.features(images))
     assert second.accuracy == first.accuracy
     assert not list(cache.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_the_shipped_classifiers_are_used_without_training(
+    size: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(*args: object, **kwargs: object) -> ShapeClassifier:
+        raise AssertionError("the shipped classifier should have been loaded")
+
+    monkeypatch.setattr(classifier_module, "train_classifier", fail)
+    model = load_or_train_classifier(size, cache_dir=tmp_path / "empty")
+    assert model.size == size and model.info["version"] == 1
+    assert shipped_classifier_path(size).is_file() and not (tmp_path / "empty").exists()
+    assert classifier_accuracy(model, n=300, seed=4242) > 0.97  # held-out renders
 
 
 def test_cache_directory_comes_from_the_environment(tmp_path: Path) -> None:
