@@ -11,6 +11,7 @@ from types import ModuleType
 import pytest
 
 from econ_scenes.config import ModelConfig, RunConfig, TrainConfig
+from econ_scenes.data import SceneSpec, generate, save_scenes
 from econ_scenes.threads import one_thread
 from econ_scenes.train import train
 
@@ -73,3 +74,25 @@ def test_export_counts_the_run_a_model_was_initialised_from(
     export.main([str(tmp_path / "first"), "alone", "--root", str(tmp_path / "pretrained")])
     alone = json.loads((tmp_path / "pretrained" / "alone" / "training.json").read_text())
     assert alone["iterations"] == 2 and "stages" not in alone
+
+
+def test_expert_preference_finds_the_shipped_unique_experts_specialised(tmp_path: Path) -> None:
+    preference = load_script("expert_preference")
+    spec = SceneSpec.preset("unique", size=32)
+    data = tmp_path / "unique.npz"
+    save_scenes(data, generate(spec, 24, seed=31), spec)
+    with one_thread():
+        preference.main([str(ROOT / "pretrained" / "unique"), "--data", str(data),
+                         "--out", str(tmp_path / "pref")])
+        preference.main([str(ROOT / "pretrained" / "unique"), "--data", str(data), "--lam", "0",
+                         "--out", str(tmp_path / "shape_only")])
+    for name, least_ami in (("pref", 0.9), ("shape_only", 0.5)):  # shape alone tells less
+        report = json.loads((tmp_path / f"{name}.json").read_text())
+        assert report["n_objects"] == 72 and report["ami"] > least_ami
+        # each object expert scores best (lowest) on the class it wins
+        for row, scores in zip(report["contingency"], report["mean_score"], strict=True):
+            if sum(row[1:]) > 0:
+                owned = max(range(1, 4), key=lambda c: row[c])
+                assert scores[owned] == min(scores[1:])
+    assert json.loads((tmp_path / "shape_only.json").read_text())["lambda"] == 0.0
+    assert "AMI(winner, class)" in (tmp_path / "pref.md").read_text()
