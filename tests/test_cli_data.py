@@ -103,6 +103,16 @@ def test_make_options_reach_the_generator(tmp_path: Path) -> None:
     assert areas.max() <= 8 * 8, "objects are at most 0.25 * 32 = 8 px wide"
 
 
+def test_make_mixes_class_colours_into_random_ones(tmp_path: Path) -> None:
+    out = tmp_path / "mixed.npz"
+    invoke("make", "--preset", "random", "--n", "20", "--size", "16", "--min-size", "0.3",
+           "--colour-mix", "0.5", "--out", str(out))
+    assert load_metadata(out)["spec"]["colour_mix"] == 0.5
+    scenes = load_scenes(out)
+    reds = scenes.colors[:, 1:][scenes.classes[:, 1:] == 1].astype(int)
+    assert reds[:, 0].min() >= 192 and reds[:, 1:].max() <= 128  # half of 255, half 128..255
+
+
 def test_make_with_a_paper_split(tmp_path: Path) -> None:
     out = tmp_path / "val.npz"
     invoke("make", "--split", "validation", "--size", "32", "--seed", "1", "--out", str(out))

@@ -151,6 +151,30 @@ def test_random_preset_colours() -> None:
     np.testing.assert_array_equal(np.sort(scenes.classes[:, 1:], axis=1), [[1, 2, 3]] * 500)
 
 
+def test_colour_mix_moves_random_colours_towards_the_class_colours() -> None:
+    random = generate(spec_of("random"), 300, seed=6)
+    classes = random.classes[:, 1:]
+    class_colours = np.array([RED, GREEN, BLUE])[classes - 1].astype(float)
+    for mix in (0.0, 0.4, 1.0):
+        mixed = generate(spec_of("random", colour_mix=mix), 300, seed=6)
+        np.testing.assert_array_equal(mixed.shapes, random.shapes)  # the same layouts
+        np.testing.assert_array_equal(mixed.colors[:, 0], random.colors[:, 0])
+        expected = np.rint((1 - mix) * class_colours + mix * random.colors[:, 1:])
+        np.testing.assert_array_equal(mixed.colors[:, 1:], expected.astype(np.uint8))
+    unique = generate(spec_of("random", colour_mix=0.0), 300, seed=6)
+    assert {tuple(c) for c in unique.colors[:, 1:].reshape(-1, 3)} == {RED, GREEN, BLUE}
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"colour_mix": 1.5}, "colour_mix must be in"),
+    ({"colour_mix": -0.1}, "colour_mix must be in"),
+    ({"colour_mix": 0.5, "colour_mode": "unique"}, "needs colour mode random"),
+])
+def test_bad_colour_mix_is_refused(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(EconError, match=message):
+        spec_of("random", **overrides)
+
+
 def test_near_background_colours_are_close_but_distinct() -> None:
     scenes = generate(spec_of("ood", colour_mode="near_background"), 300, seed=4)
     background = scenes.colors[:, :1].astype(int)

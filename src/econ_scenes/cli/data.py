@@ -71,6 +71,11 @@ def make_command(
     colour_mode: Annotated[
         str | None, typer.Option(help="unique | random | near_background.")
     ] = None,
+    colour_mix: Annotated[
+        float | None,
+        typer.Option(help="random colours only: a in [0, 1], colour = (1 - a)·class colour "
+                          "+ a·random colour (1 = the paper's random colours)."),
+    ] = None,
 ) -> None:
     """Generate a dataset of dead-leaves scenes and write it atomically."""
     overrides = {
@@ -82,6 +87,7 @@ def make_command(
         "max_size": max_size,
         "repeat_classes": repeat_classes,
         "colour_mode": _colour_mode(colour_mode, near_background),
+        "colour_mix": colour_mix,
     }
     spec = SceneSpec.preset(preset, **{k: v for k, v in overrides.items() if v is not None})
     count = _scene_count(n, split)

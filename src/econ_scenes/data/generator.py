@@ -75,6 +75,11 @@ class SceneSpec:
         ``unique`` (red circles, green squares, blue triangles), ``random`` (each channel an
         integer in 128..255) or ``near_background`` (each channel 8..40 away from the
         background's).
+    colour_mix : float
+        In ``random`` mode, a in [0, 1]: each object's colour is (1 − a)·its ``unique`` class
+        colour + a·a random colour, rounded; 1 (the default) is the paper's random colours, and
+        lower values leave colour a partial cue to the class (a curriculum from ``unique`` to
+        ``random``: docs/competition.md).
     min_size, max_size : float
         Range of the object size (bounding-box side) as a fraction of ``size``.
     min_objects : int or None
@@ -87,6 +92,7 @@ class SceneSpec:
     classes: tuple[int, ...] = OBJECT_CLASSES
     repeat_classes: bool = False
     colour_mode: str = "unique"
+    colour_mix: float = 1.0
     min_size: float = 0.3
     max_size: float = 0.5
     min_objects: int | None = None
@@ -149,6 +155,11 @@ class SceneSpec:
             raise EconError(
                 f"unknown colour mode {self.colour_mode!r}; choose one of {', '.join(COLOUR_MODES)}"
             )
+        if not 0.0 <= self.colour_mix <= 1.0:
+            raise EconError(f"colour_mix must be in [0, 1], got {self.colour_mix}")
+        if self.colour_mix != 1.0 and self.colour_mode != "random":
+            raise EconError(f"colour_mix mixes class colours into random ones; it needs colour "
+                            f"mode random, got {self.colour_mode!r}")
 
     def _validate_image(self) -> None:
         if not _is_int(self.size) or self.size < MIN_IMAGE_SIZE:
@@ -323,6 +334,9 @@ def sample_layout(spec: SceneSpec, n: int, rng: np.random.Generator) -> Layout:
     y = rng.integers(0, spec.size - sizes, endpoint=True)
     background = rng.integers(*BACKGROUND_RANGE, size=(n, 3), endpoint=True)
     colours = _sample_colours(spec.colour_mode, classes, background, rng)
+    if spec.colour_mix < 1.0:
+        cue = UNIQUE_COLOURS[np.clip(classes, 0, None)].astype(np.float64)
+        colours = np.rint((1.0 - spec.colour_mix) * cue + spec.colour_mix * colours)
     pad = classes == PAD_CLASS
     for values in (sizes, x, y):
         values[pad] = 0
