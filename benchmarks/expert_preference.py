@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lam", type=float, default=None, help="score with this λ instead")
     parser.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
     args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.error(f"--n must be at least 1, got {args.n}")
     torch.set_num_threads(1)
     report = preference(load(args.model, args.snapshot, args.lam), args.data, args.n)
     name = args.model.name + ("" if args.snapshot is None else f" @ {args.snapshot}")

@@ -18,6 +18,7 @@ from econ_scenes.evaluate.classifier import (
     classifier_path,
     load_or_train_classifier,
     render_shape_dataset,
+    save_classifier,
     shipped_classifier_path,
     train_classifier,
 )
@@ -81,9 +82,21 @@ def test_the_shipped_classifiers_are_used_without_training(
 
     monkeypatch.setattr(classifier_module, "train_classifier", fail)
     model = load_or_train_classifier(size, cache_dir=tmp_path / "empty")
-    assert model.size == size and model.info["version"] == 1
+    assert model.size == size and model.info["version"] == 1 and model.info["source"] == "shipped"
     assert shipped_classifier_path(size).is_file() and not (tmp_path / "empty").exists()
     assert classifier_accuracy(model, n=300, seed=4242) > 0.97  # held-out renders
+
+
+def test_an_unreadable_shipped_classifier_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "shipped.safetensors"
+    broken.write_bytes(b"damaged")
+    monkeypatch.setattr(classifier_module, "shipped_classifier_path", lambda size: broken)
+    cache = tmp_path / "cache"
+    save_classifier(train_classifier(16, **TINY), classifier_path(16, cache))
+    model = load_or_train_classifier(16, cache_dir=cache)
+    assert model.info["source"] == "cache"
 
 
 def test_cache_directory_comes_from_the_environment(tmp_path: Path) -> None:

@@ -169,10 +169,18 @@ def test_colour_mix_moves_random_colours_towards_the_class_colours() -> None:
     ({"colour_mix": 1.5}, "colour_mix must be in"),
     ({"colour_mix": -0.1}, "colour_mix must be in"),
     ({"colour_mix": 0.5, "colour_mode": "unique"}, "needs colour mode random"),
+    ({"colour_mix": "0.5"}, "must be a number"),
+    ({"colour_mix": None}, "must be a number"),
 ])
 def test_bad_colour_mix_is_refused(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(EconError, match=message):
         spec_of("random", **overrides)
+
+
+def test_colour_mix_is_stored_only_when_it_is_not_the_default() -> None:
+    assert "colour_mix" not in spec_of("random").to_dict()  # files earlier versions can read
+    mixed = spec_of("random", colour_mix=0.25)
+    assert SceneSpec.from_dict(mixed.to_dict()) == mixed
 
 
 def test_near_background_colours_are_close_but_distinct() -> None:

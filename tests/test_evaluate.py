@@ -357,6 +357,7 @@ def test_cli_writes_the_report(
     assert metrics["settings"]["refine_steps"] == 2
     assert "refined** by 2 gradient steps" in (out / "metrics.md").read_text()
     assert metrics["generation"]["classifier_accuracy"] == tiny_classifier.accuracy
+    assert metrics["generation"]["classifier_source"] == "cache"
     assert (out / "metrics.md").read_text().startswith("# ECON evaluation")
     for label in ("FG-ARI", "ARI", "mIoU", "amodal IoU, all objects",
                   "amodal IoU, occluded objects", "occluded-pixel IoU", "AMI",

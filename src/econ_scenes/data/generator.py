@@ -136,6 +136,8 @@ class SceneSpec:
         """JSON-ready dict of the settings."""
         values = dataclasses.asdict(self)
         values["classes"] = list(self.classes)
+        if self.colour_mix == 1.0:  # the default: left out, so earlier versions read the file
+            del values["colour_mix"]
         return values
 
     @property
@@ -155,6 +157,8 @@ class SceneSpec:
             raise EconError(
                 f"unknown colour mode {self.colour_mode!r}; choose one of {', '.join(COLOUR_MODES)}"
             )
+        if isinstance(self.colour_mix, bool) or not isinstance(self.colour_mix, (int, float)):
+            raise EconError(f"colour_mix must be a number in [0, 1], got {self.colour_mix!r}")
         if not 0.0 <= self.colour_mix <= 1.0:
             raise EconError(f"colour_mix must be in [0, 1], got {self.colour_mix}")
         if self.colour_mix != 1.0 and self.colour_mode != "random":

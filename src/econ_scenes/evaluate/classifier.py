@@ -342,25 +342,39 @@ def load_or_train_classifier(
     **train_options: Any,
 ) -> ShapeClassifier:
     """The classifier for ``size``×``size`` images: the package's own where it ships one for
-    that size, else the cached one, trained and cached on first use.
+    that size, else the cached one, trained and cached on first use. ``info["source"]`` says
+    which (``shipped``, ``cache`` or ``trained``); evaluation reports it with its scores.
 
-    ``train_options`` (``n_train``, ``epochs``, ``seed`` ...) ask for a classifier trained with
-    other settings: the shipped one is then not used, and an existing cache file is used as is.
-    An unreadable cache file is retrained and replaced.
+    ``train_options`` (``n_train``, ``epochs``, ``seed`` ...) only matter when a classifier is
+    trained; they skip the shipped one, but an existing cache file is used as is. An unreadable
+    shipped or cache file is skipped with a warning (a cache file is then retrained and replaced).
     """
-    shipped = shipped_classifier_path(size)
-    if not train_options and shipped.is_file():
-        return load_classifier(shipped)
+    if not train_options:
+        shipped = _load_if_valid(shipped_classifier_path(size), size, "shipped")
+        if shipped is not None:
+            return shipped
     path = classifier_path(size, cache_dir)
-    if path.is_file():
-        try:
-            classifier = load_classifier(path)
-            if classifier.size == size:
-                return classifier
-        except EconError as error:
-            print(f"warning: {error}; retraining", file=sys.stderr)
+    cached = _load_if_valid(path, size, "cache")
+    if cached is not None:
+        return cached
     if progress:
         print(f"training the {size}×{size} shape classifier (cached in {path})", file=sys.stderr)
     classifier = train_classifier(size, progress=progress, **train_options)
     save_classifier(classifier, path)
+    classifier.info = {**classifier.info, "source": "trained"}
+    return classifier
+
+
+def _load_if_valid(path: Path, size: int, source: str) -> ShapeClassifier | None:
+    """The classifier at ``path`` if it is readable and made for ``size``, else None."""
+    if not path.is_file():
+        return None
+    try:
+        classifier = load_classifier(path)
+    except EconError as error:
+        print(f"warning: {error}; not used", file=sys.stderr)
+        return None
+    if classifier.size != size:
+        return None
+    classifier.info = {**classifier.info, "source": source}
     return classifier

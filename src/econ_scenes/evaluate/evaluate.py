@@ -592,6 +592,8 @@ def generation_metrics(scene_model: SceneModel, scenes: Scenes, classifier: Shap
         reference = {"mean": ref_mean, "std": ref_std}
     return to_jsonable({
         "classifier_accuracy": classifier.accuracy,
+        # shipped with the package, read from the cache or trained here (None: given directly)
+        "classifier_source": classifier.info.get("source"),
         "min_pixels": min_pixels,
         "samples": samples,
         "compose": compose,
@@ -756,7 +758,9 @@ def _generation_section(gen: dict[str, Any] | None) -> list[str]:
     if not gen:
         return [*lines, "Not evaluated (no classifier).", ""]
     samples = gen["samples"]
-    lines += [f"Shape classifier held-out accuracy: {_fmt(gen.get('classifier_accuracy'))}.", "",
+    source = gen.get("classifier_source")
+    lines += [f"Shape classifier held-out accuracy: {_fmt(gen.get('classifier_accuracy'))}"
+              + (f" ({source})." if source else "."), "",
               f"P(class | expert) over {samples['n_per_expert']} samples per expert "
               "(a sample covering > 60 % of the image is background):", "",
               "| expert | " + " | ".join(CLASS_NAMES) + " | empty | intended | accuracy |",
