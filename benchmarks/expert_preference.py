@@ -33,12 +33,13 @@ from econ_scenes.data.generator import CLASS_NAMES
 from econ_scenes.errors import EconError
 from econ_scenes.evaluate.metrics import specialisation
 from econ_scenes.scene import SceneModel
+from econ_scenes.train.checkpoint import snapshot_path
 
 
 def load(model_dir: Path, snapshot: int | None, lam: float | None) -> SceneModel:
     model = SceneModel.load(model_dir)
     if snapshot is not None:
-        path = model_dir / "snapshots" / f"iter_{snapshot:06d}.safetensors"
+        path = snapshot_path(model_dir, snapshot)
         if not path.is_file():
             raise EconError(f"no snapshot {path}")
         model.model.load_state_dict(load_file(str(path)))

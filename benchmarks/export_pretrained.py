@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from econ_scenes.train.checkpoint import load_checkpoint
+from econ_scenes.train.checkpoint import load_checkpoint, snapshot_path
 
 
 def machine() -> str:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
             if (args.run / name).exists():
                 shutil.copy2(args.run / name, target / name)
     else:  # the run's priors belong to its final weights
-        weights = args.run / "snapshots" / f"iter_{args.snapshot:06d}.safetensors"
+        weights = snapshot_path(args.run, args.snapshot)
         shutil.copy2(weights, target / "model.safetensors")
         for stale in ("prior.json", "latents.json"):
             (target / stale).unlink(missing_ok=True)

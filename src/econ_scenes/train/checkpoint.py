@@ -59,10 +59,15 @@ def save_model(run_dir: Path, model: ECON, config: RunConfig) -> None:
     atomic_write(run_dir / WEIGHTS, lambda tmp: save_file(weights, str(tmp)))
 
 
+def snapshot_path(run_dir: Path, iteration: int) -> Path:
+    """Where a run keeps its weights at one iteration: ``snapshots/iter_000100.safetensors``."""
+    return run_dir / "snapshots" / f"iter_{iteration:06d}.safetensors"
+
+
 def save_snapshot(run_dir: Path, model: ECON, iteration: int, minutes: float) -> None:
-    """Weights at one iteration, for learning curves: ``snapshots/iter_000100.safetensors``."""
+    """Weights at one iteration, for learning curves (:func:`snapshot_path`)."""
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    path = run_dir / "snapshots" / f"iter_{iteration:06d}.safetensors"
+    path = snapshot_path(run_dir, iteration)
     meta = {"iteration": str(iteration), "minutes": f"{minutes:.4f}"}
     atomic_write(path, lambda tmp: save_file(weights, str(tmp), metadata=meta))
 
