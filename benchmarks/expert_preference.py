@@ -50,10 +50,7 @@ def load(model_dir: Path, snapshot: int | None, lam: float | None) -> SceneModel
 
 def preference(model: SceneModel, data: Path, n: int) -> dict[str, Any]:
     """Winners and per-pixel scores (K experts × classes) on the objects of ``n`` scenes."""
-    scenes = load_scenes(data).subset(slice(0, n))
-    if scenes.n_layers != model.config.model.n_steps:
-        raise EconError(f"{data} has {scenes.n_layers} layers; this model takes T = "
-                        f"{model.config.model.n_steps} steps (one per layer is needed here)")
+    scenes = load_scenes(data).subset(slice(0, n))  # any layer count: one step per layer
     decomposition = model.decompose(scenes.images, regions=scenes.regions_front_first())
     classes = scenes.classes[:, ::-1]  # front first, like the steps
     objects = classes > 0
@@ -92,7 +89,7 @@ def markdown(name: str, report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", type=Path, help="a run or pretrained model directory")
-    parser.add_argument("--data", type=Path, required=True, help="scenes (.npz), T layers each")
+    parser.add_argument("--data", type=Path, required=True, help="scenes (.npz); any object count")
     parser.add_argument("--n", type=int, default=500, help="number of scenes")
     parser.add_argument("--snapshot", type=int, default=None, help="a run's snapshot iteration")
     parser.add_argument("--lam", type=float, default=None, help="score with this λ instead")

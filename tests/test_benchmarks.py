@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -97,3 +98,11 @@ def test_expert_preference_finds_the_shipped_unique_experts_specialised(tmp_path
                 assert scores[expert][owned] == min(other[owned] for other in scores)
     assert json.loads((tmp_path / "shape_only.json").read_text())["lambda"] == 0.0
     assert "AMI(winner, class)" in (tmp_path / "pref.md").read_text()
+    # scenes with more objects than the model's T (one step per layer), classes repeated
+    crowded = dataclasses.replace(spec, n_objects=5, repeat_classes=True)
+    save_scenes(tmp_path / "crowded.npz", generate(crowded, 12, seed=32), crowded)
+    with one_thread():
+        preference.main([str(ROOT / "pretrained" / "unique"), "--data",
+                         str(tmp_path / "crowded.npz"), "--out", str(tmp_path / "crowded")])
+    report = json.loads((tmp_path / "crowded.json").read_text())
+    assert report["n_objects"] == 60 and report["ami"] > 0.7  # some objects are hidden entirely

@@ -46,6 +46,20 @@ def test_override_and_errors(tmp_path: Path) -> None:
         RunConfig.load(tmp_path / "partial.json")
 
 
+def test_init_parts_from_text_round_trip_and_errors(tmp_path: Path) -> None:
+    config = override(preset("quick"), {"train.init_from": "runs/a",
+                                        "train.init_parts": "attention, decoder"})
+    assert config.train.init_parts == ("attention", "decoder")
+    config.save(tmp_path / "config.json")
+    assert RunConfig.load(tmp_path / "config.json") == config
+    assert preset("quick").train.init_parts == ("attention", "encoder", "decoder")
+    for parts in ("attention,unet", "", "encoder,encoder"):
+        with pytest.raises(EconError, match="init_parts"):
+            override(preset("quick"), {"train.init_from": "runs/a", "train.init_parts": parts})
+    with pytest.raises(EconError, match="give init_from"):
+        override(preset("quick"), {"train.init_parts": "attention"})
+
+
 @pytest.mark.parametrize(("raw", "expected"), [("true", True), ("False", False), ("1", True),
                                                 ("no", False), (True, True)])
 def test_boolean_overrides_from_the_command_line(raw: object, expected: bool) -> None:

@@ -222,6 +222,30 @@ def test_fast_path_equals_reference_in_float64(
     torch.testing.assert_close(grad_fast, grad_ref, rtol=1e-7, atol=1e-10)
 
 
+@pytest.mark.parametrize("grouped", [False, True])
+def test_a_pose_only_shape_latent(tiny_model_config: ModelConfig, images: Tensor,
+                                  grouped: bool) -> None:
+    """shape_latent_dim S: an expert's shape depends on z[:S] alone, its colours on all of z; the
+    fast path still equals the reference with the second decoder stack."""
+    config = dataclasses.replace(tiny_model_config, latent_dim=3, shape_latent_dim=2)
+    model = build(config).double()
+    model.grouped = grouped
+    z = torch.randn(5, 1, 3, dtype=torch.float64)
+    moved = z.clone()
+    moved[..., 2:] += 3.0
+    experts = torch.tensor([1])
+    appearance, shape = model.experts.decoder(z, experts)
+    appearance_moved, shape_moved = model.experts.decoder(moved, experts)
+    torch.testing.assert_close(shape, shape_moved, rtol=0, atol=0)
+    assert not torch.allclose(appearance, appearance_moved)
+    x = images.double()
+    loss_fast, winner_fast, grad_fast, _ = run_path(model, x, False, 0)
+    loss_ref, winner_ref, grad_ref, _ = run_path(model, x, True, 0)
+    assert torch.equal(winner_fast, winner_ref)
+    torch.testing.assert_close(loss_fast, loss_ref, rtol=1e-10, atol=0)
+    torch.testing.assert_close(grad_fast, grad_ref, rtol=1e-7, atol=1e-10)
+
+
 def test_a_float64_model_computes_in_float64(model: ECON, images: Tensor) -> None:
     """The casts that keep autocast's half-precision outputs in float32 leave float64 alone."""
     out = model.double().infer(images.double(), stochastic=True)
@@ -435,6 +459,8 @@ def test_gt_regions_of_the_wrong_shape_are_rejected(tiny_model_config: ModelConf
         ({"image_size": 20}, "divisible"),
         ({"image_size": 16, "unet_channels": (4, 8, 8, 8, 8)}, "divisible"),
         ({"latent_dim": 0}, "latent_dim"),
+        ({"latent_dim": 2, "shape_latent_dim": 3}, "shape_latent_dim"),
+        ({"shape_latent_dim": -1}, "shape_latent_dim"),
         ({"sigma_x": 0.0}, "sigma_x"),
         ({"beta": -1.0}, "beta"),
         ({"competition_min_region": 0.3, "competition_max_region": 0.2}, "max_region"),

@@ -101,6 +101,31 @@ def test_short_training_reduces_validation_loss(
     assert after < 0.85 * before, (before, after)
 
 
+def test_init_parts_takes_the_named_networks_and_leaves_the_others_fresh(
+    tmp_path: Path, finished_run: Path, tiny_scenes_npz: Path, tiny_model_config: ModelConfig
+) -> None:
+    """--init RUN --init-parts attention: the attention networks start as RUN's, the VAEs start
+    fresh and may have another size (a wider decoder here)."""
+    wider = dataclasses.replace(tiny_model_config, vae_features=12)
+    config = tiny_run_config(wider, init_from=str(finished_run), init_parts=("attention",))
+    source = weights(finished_run)
+    torch.manual_seed(config.train.seed)
+    fresh = ECON(config.model).state_dict()
+    torch.manual_seed(config.train.seed)
+    model = ECON(config.model)
+    loop_module._initialise(model, finished_run, config.train.init_parts)
+    for name, value in model.state_dict().items():
+        expected = source[name] if name.startswith("experts.attention.") else fresh[name]
+        assert torch.equal(value, expected), name
+    assert any(fresh[name].shape != source[name].shape for name in source
+               if name.startswith("experts.decoder."))
+    result = train(tmp_path / "run", config=config, data=tiny_scenes_npz,
+                   budget={"max_iterations": 2}, progress=False)
+    assert result.iterations == 2
+    with pytest.raises(EconError, match="do not fit"):
+        loop_module._initialise(ECON(config.model), finished_run, ("encoder",))
+
+
 # --- resume --------------------------------------------------------------------------------------
 
 

@@ -21,6 +21,9 @@ what the shipped models need to converge."""
 
 BALANCE_STEPS = ("all", "last", "bonus-last")
 
+EXPERT_PARTS = ("attention", "encoder", "decoder")
+"""The networks of every expert: a_k (attention U-Net), g_k (VAE encoder), f_k (decoder)."""
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -35,6 +38,10 @@ class ModelConfig:
     n_experts: int = 4
     n_steps: int = 4
     latent_dim: int = 2
+    # > 0: the decoder draws the shape from the first this-many latent dimensions only (a pose:
+    # position and size for 3), in a stack of its own; colours use all L. 0 = the paper's
+    # decoder. See model/vae.py.
+    shape_latent_dim: int = 0
     vae_layers: int = 4
     vae_features: int = 32
     unet_channels: tuple[int, ...] = (32, 64, 64, 64)
@@ -109,6 +116,9 @@ class ModelConfig:
             raise EconError(f"n_steps (T) must be >= 1, got {self.n_steps}")
         if self.latent_dim < 1:
             raise EconError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        if not 0 <= self.shape_latent_dim <= self.latent_dim:
+            raise EconError(f"shape_latent_dim must be in 0..latent_dim={self.latent_dim}, "
+                            f"got {self.shape_latent_dim}")
         if self.vae_layers < 1 or self.vae_features < 1:
             raise EconError("vae_layers and vae_features must be >= 1")
         if len(self.unet_channels) < 1 or min(self.unet_channels) < 1:
@@ -174,6 +184,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     snapshot_every: int = 0  # keep weights every N iterations in snapshots/ (learning curves)
     init_from: str = ""  # run directory whose weights start this run (e.g. a combined ensemble)
+    init_parts: tuple[str, ...] = EXPERT_PARTS  # which networks init_from provides; others fresh
     frozen_experts: tuple[int, ...] = ()  # experts that receive no updates
 
     def validate(self) -> None:
@@ -191,6 +202,10 @@ class TrainConfig:
             raise EconError("image_every, snapshot_every and max_minutes must be >= 0")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise EconError(f"precision must be auto|fp32|bf16|fp16, got {self.precision!r}")
+        unknown = [part for part in self.init_parts if part not in EXPERT_PARTS]
+        if unknown or not self.init_parts or len(set(self.init_parts)) != len(self.init_parts):
+            raise EconError(f"init_parts must be distinct names among {', '.join(EXPERT_PARTS)}, "
+                            f"got {', '.join(self.init_parts) or 'none'}")
 
 
 @dataclass(frozen=True)
@@ -204,6 +219,8 @@ class RunConfig:
         self.train.validate()
         if self.train.gt_masks and self.model.n_experts != 1:
             raise EconError("--gt-masks trains the single-expert model: it needs n_experts == 1")
+        if not self.train.init_from and tuple(self.train.init_parts) != EXPERT_PARTS:
+            raise EconError("init_parts chooses networks of init_from: give init_from (--init) too")
         for k in self.train.frozen_experts:
             if not 0 <= k < self.model.n_experts:
                 raise EconError(f"frozen expert {k} out of range 0..{self.model.n_experts - 1}")
@@ -219,6 +236,7 @@ class RunConfig:
             model["unet_channels"] = tuple(model["unet_channels"])
             train = dict(data["train"])
             train["frozen_experts"] = tuple(train.get("frozen_experts", ()))
+            train["init_parts"] = tuple(train.get("init_parts", EXPERT_PARTS))
             return cls(
                 model=ModelConfig(**model),
                 train=TrainConfig(**train),
@@ -312,7 +330,9 @@ def override(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
             raise EconError(f"unknown config field {key!r}")
         if isinstance(target[name], bool):
             value = _as_bool(key, value)
-        is_tuple = name in ("unet_channels", "frozen_experts")
+        if name == "init_parts" and isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        is_tuple = name in ("unet_channels", "frozen_experts", "init_parts")
         target[name] = tuple(value) if is_tuple and not isinstance(value, int) else value
         if is_tuple and isinstance(value, int):
             target[name] = (value,)

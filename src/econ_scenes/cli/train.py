@@ -50,6 +50,10 @@ def train_command(
                                                    "--set model.beta=2 --set train.lr=1e-3")] = None,
     init: Annotated[Path | None, typer.Option(help="Start from the weights of this run or "
                                               "combined ensemble.")] = None,
+    init_parts: Annotated[str | None, typer.Option(help="With --init: the networks to take "
+                                                   "from it, e.g. attention (default: all of "
+                                                   "attention,encoder,decoder; the others start "
+                                                   "fresh, so they may differ in size).")] = None,
     freeze: Annotated[str | None, typer.Option(help="Experts to keep fixed, e.g. 0,1,2.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -64,7 +68,7 @@ def train_command(
             "--data": data, "--out": out, "--preset": preset, "--config": config_file,
             "--val": val, "-K": n_experts, "-T": n_steps, "--gt-masks": gt_masks,
             "--seed": seed, "--device": device, "--precision": precision, "--set": set_,
-            "--init": init, "--freeze": freeze})
+            "--init": init, "--init-parts": init_parts, "--freeze": freeze})
         result = train(resume, resume=True, budget=budget, progress=progress)
     else:
         if data is None or out is None:
@@ -79,6 +83,7 @@ def train_command(
             "model.n_steps": n_steps, "train.gt_masks": gt_masks, "train.seed": seed,
             "train.device": device, "train.precision": precision,
             "train.init_from": None if init is None else str(init.resolve()),
+            "train.init_parts": init_parts,
             "train.frozen_experts": None if freeze is None else _indices(freeze),
         }.items():
             if value is not None:

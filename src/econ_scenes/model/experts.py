@@ -76,7 +76,8 @@ class Experts(nn.Module):
         )
         self.encoder = Encoder(k, size, config.vae_layers, config.vae_features, config.latent_dim)
         self.decoder = BroadcastDecoder(
-            k, size, config.vae_layers, config.vae_features, config.latent_dim
+            k, size, config.vae_layers, config.vae_features, config.latent_dim,
+            config.shape_latent_dim,
         )
 
     def forward(

@@ -36,32 +36,54 @@ class Encoder(nn.Module):
 
 class BroadcastDecoder(nn.Module):
     """K stacked spatial-broadcast decoders: z tiled + 2 coordinate maps → conv-ReLU blocks → 1×1
-    conv to an RGB mean (sigmoid) and an unoccluded-shape logit."""
+    conv to an RGB mean (sigmoid) and an unoccluded-shape logit.
+
+    With ``shape_dim`` S > 0 the shape logit comes from a second stack of the same blocks that
+    sees only z[:S] (and the coordinates): an expert's shape is then a function of S numbers
+    (position and size for S = 3), so it cannot hold several shape classes, while its colours
+    use the whole latent. S = 0 is the paper's decoder: one stack, both outputs from all of z.
+    """
 
     def __init__(
-        self, n_experts: int, image_size: int, layers: int, features: int, latent_dim: int
+        self, n_experts: int, image_size: int, layers: int, features: int, latent_dim: int,
+        shape_dim: int = 0,
     ) -> None:
         super().__init__()
         self.image_size = image_size
-        self.convs = nn.ModuleList(
-            [StackedConv2d(n_experts, latent_dim + 2 if i == 0 else features, features)
-             for i in range(layers)]
-        )
-        self.head = StackedConv2d(n_experts, features, 4, kernel_size=1)
+        self.shape_dim = shape_dim
+        self.convs = self._blocks(n_experts, layers, features, latent_dim)
+        self.head = StackedConv2d(n_experts, features, 3 if shape_dim else 4, kernel_size=1)
+        if shape_dim:
+            self.shape_convs = self._blocks(n_experts, layers, features, shape_dim)
+            self.shape_head = StackedConv2d(n_experts, features, 1, kernel_size=1)
         axis = torch.linspace(-1.0, 1.0, image_size)
         grid_y, grid_x = torch.meshgrid(axis, axis, indexing="ij")
         self.register_buffer("coords", torch.stack([grid_x, grid_y]), persistent=False)
 
-    def forward(self, z: Tensor, experts: Tensor) -> tuple[Tensor, Tensor]:
-        """z: (N, G, L) → appearance μ (N, G, 3, H, W) in [0, 1], shape logits (N, G, H, W)."""
+    @staticmethod
+    def _blocks(n_experts: int, layers: int, features: int, latent_dim: int) -> nn.ModuleList:
+        return nn.ModuleList([StackedConv2d(n_experts, latent_dim + 2 if i == 0 else features,
+                                            features) for i in range(layers)])
+
+    def _broadcast(self, z: Tensor, convs: nn.ModuleList, head: StackedConv2d,
+                   experts: Tensor) -> Tensor:
+        """z: (N, G, L') → head output (N, G, C, H, W) in full precision."""
         n, groups, latent = z.shape
         size = self.image_size
         tiled = z.reshape(n, 1, 1, groups, latent).expand(n, size, size, groups, latent)
         coords = self.coords.to(z.dtype).permute(1, 2, 0).reshape(1, size, size, 1, 2)
         coords = coords.expand(n, size, size, groups, 2)
-        # (N, H, W, G·(L+2)) viewed as NCHW: a channels-last tensor without a copy.
+        # (N, H, W, G·(L'+2)) viewed as NCHW: a channels-last tensor without a copy.
         h = torch.cat([tiled, coords], dim=-1).reshape(n, size, size, -1).permute(0, 3, 1, 2)
-        for conv in self.convs:
+        for conv in convs:
             h = F.relu(conv(h, experts), inplace=True)
-        out = full_precision(self.head(h, experts)).reshape(n, groups, 4, size, size)
-        return torch.sigmoid(out[:, :, :3]), out[:, :, 3]
+        return full_precision(head(h, experts)).reshape(n, groups, -1, size, size)
+
+    def forward(self, z: Tensor, experts: Tensor) -> tuple[Tensor, Tensor]:
+        """z: (N, G, L) → appearance μ (N, G, 3, H, W) in [0, 1], shape logits (N, G, H, W)."""
+        out = self._broadcast(z, self.convs, self.head, experts)
+        if not self.shape_dim:
+            return torch.sigmoid(out[:, :, :3]), out[:, :, 3]
+        shape = self._broadcast(z[..., : self.shape_dim], self.shape_convs, self.shape_head,
+                                experts)
+        return torch.sigmoid(out), shape[:, :, 0]

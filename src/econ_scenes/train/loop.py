@@ -25,7 +25,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from econ_scenes.config import RunConfig, override
+from econ_scenes.config import EXPERT_PARTS, RunConfig, override
 from econ_scenes.data import Scenes, load_scenes
 from econ_scenes.errors import EconError
 from econ_scenes.model import ECON
@@ -259,7 +259,7 @@ def _train(run_dir: Path, config: RunConfig, data: Path, val: Path | None, resum
     if resume:
         iteration, elapsed, handicap, trained_in = _restore(run_dir, model, optimiser, schedule)
     elif config.train.init_from:
-        _initialise(model, Path(config.train.init_from))
+        _initialise(model, Path(config.train.init_from), config.train.init_parts)
     model.freeze_experts(config.train.frozen_experts)
     session = _Session(
         run_dir=run_dir, config=config, model=model, objective=wrap(model, cluster, device),
@@ -282,14 +282,23 @@ def _train(run_dir: Path, config: RunConfig, data: Path, val: Path | None, resum
         return session.run(iteration, elapsed)
 
 
-def _initialise(model: ECON, source: Path) -> None:
+def _initialise(model: ECON, source: Path, parts: tuple[str, ...] = EXPERT_PARTS) -> None:
+    """Copy the networks named in ``parts`` (attention, encoder, decoder) from the run at
+    ``source``; the others keep this model's fresh initialisation."""
     from econ_scenes.train.checkpoint import load_model
 
     initial, _ = load_model(source)
-    try:
-        model.load_state_dict(initial.state_dict())
-    except RuntimeError as error:
-        raise EconError(f"--init {source}: its experts do not fit this config: {error}") from error
+    prefixes = tuple(f"experts.{part}." for part in parts)
+    own = model.state_dict()
+    chosen = {name: value for name, value in initial.state_dict().items()
+              if name.startswith(prefixes)}
+    misfits = [f"{name} {tuple(value.shape)} vs {tuple(own[name].shape)}"
+               for name, value in chosen.items() if name in own and own[name].shape != value.shape]
+    missing = sorted({name for name in own if name.startswith(prefixes)} ^ set(chosen))
+    if misfits or missing:
+        raise EconError(f"--init {source}: its {', '.join(parts)} do not fit this config: "
+                        + "; ".join((misfits + [f"{name} not in both" for name in missing])[:8]))
+    model.load_state_dict(chosen, strict=False)
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:
