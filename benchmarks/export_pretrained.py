@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from econ_scenes.config import EXPERT_PARTS
 from econ_scenes.train.checkpoint import load_checkpoint, snapshot_path
 
 
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     target.mkdir(parents=True, exist_ok=True)
     config = json.loads((args.run / "config.json").read_text())
     config["train"]["init_from"] = ""  # a path on the training machine; training.json has the stages
+    config["train"]["init_parts"] = list(EXPERT_PARTS)
     (target / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if args.snapshot is None:
         state = load_checkpoint(args.run)

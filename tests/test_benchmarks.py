@@ -56,7 +56,8 @@ def test_export_counts_the_run_a_model_was_initialised_from(
     settings = {"batch_size": 4, "n_val": 8, "eval_every": 2, "device": "cpu", "precision": "fp32"}
     first = RunConfig(model=tiny_model_config, train=TrainConfig(**settings))  # type: ignore[arg-type]
     second = RunConfig(model=tiny_model_config, train=TrainConfig(
-        **settings, init_from=str(tmp_path / "first")))  # type: ignore[arg-type]
+        **settings, init_from=str(tmp_path / "first"),
+        init_parts=("attention",)))  # type: ignore[arg-type]
     with one_thread():
         train(tmp_path / "first", config=first, data=tiny_scenes_npz,
               budget={"max_iterations": 2}, progress=False)
@@ -72,6 +73,9 @@ def test_export_counts_the_run_a_model_was_initialised_from(
     assert info["data"] == f"{tiny_scenes_npz.name} → {tiny_scenes_npz.name}"
     shipped = json.loads((tmp_path / "pretrained" / "m" / "config.json").read_text())
     assert shipped["train"]["init_from"] == "" and shipped["model"]["latent_dim"] == 2
+    # the shipped config is loadable on its own: no partial init without its source
+    assert RunConfig.load(tmp_path / "pretrained" / "m" / "config.json").train.init_parts == (
+        "attention", "encoder", "decoder")
     export.main([str(tmp_path / "first"), "alone", "--root", str(tmp_path / "pretrained")])
     alone = json.loads((tmp_path / "pretrained" / "alone" / "training.json").read_text())
     assert alone["iterations"] == 2 and "stages" not in alone
@@ -105,4 +109,6 @@ def test_expert_preference_finds_the_shipped_unique_experts_specialised(tmp_path
         preference.main([str(ROOT / "pretrained" / "unique"), "--data",
                          str(tmp_path / "crowded.npz"), "--out", str(tmp_path / "crowded")])
     report = json.loads((tmp_path / "crowded.json").read_text())
-    assert report["n_objects"] == 60 and report["ami"] > 0.7  # some objects are hidden entirely
+    # n_objects counts every layer, also those hidden entirely: their empty regions still get
+    # a winner, by chance, so the AMI is below the 0.9 of three-object scenes
+    assert report["n_objects"] == 60 and report["ami"] > 0.7

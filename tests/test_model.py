@@ -238,6 +238,10 @@ def test_a_pose_only_shape_latent(tiny_model_config: ModelConfig, images: Tensor
     appearance_moved, shape_moved = model.experts.decoder(moved, experts)
     torch.testing.assert_close(shape, shape_moved, rtol=0, atol=0)
     assert not torch.allclose(appearance, appearance_moved)
+    posed = z.clone()
+    posed[..., :2] += 3.0
+    assert not torch.allclose(model.experts.decoder(posed, experts)[1], shape)
+    assert model.experts.decoder.head.weight.shape[1] == 3  # RGB only; the shape has its stack
     x = images.double()
     loss_fast, winner_fast, grad_fast, _ = run_path(model, x, False, 0)
     loss_ref, winner_ref, grad_ref, _ = run_path(model, x, True, 0)

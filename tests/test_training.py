@@ -386,9 +386,24 @@ def test_cli_trains_and_resumes(tmp_path: Path, tiny_scenes_npz: Path) -> None:
     # Options that would configure a new run are refused, not silently ignored.
     refused = CliRunner().invoke(cli.app, ["train", "--resume", str(out), "--max-iterations", "4",
                                            "--set", "train.lr=1e-4", "-K", "3", "--seed", "0",
-                                           "--no-gt-masks", "--no-progress"])
+                                           "--no-gt-masks", "--init-parts", "attention",
+                                           "--no-progress"])
     assert isinstance(refused.exception, EconError)
-    assert "-K, --gt-masks, --seed, --set would be ignored" in str(refused.exception)
+    assert "-K, --gt-masks, --seed, --set, --init-parts would be ignored" in str(
+        refused.exception)
+    # --init-parts without --init says what is missing
+    orphan = CliRunner().invoke(cli.app, ["train", "--data", str(tiny_scenes_npz), "--out",
+                                          str(tmp_path / "orphan"), "--init-parts", "attention"])
+    assert isinstance(orphan.exception, EconError) and "give --init" in str(orphan.exception)
+    # --init-parts passes through to the config of a run started from another
+    partial = CliRunner().invoke(cli.app, [
+        "train", "--data", str(tiny_scenes_npz), "--out", str(tmp_path / "partial"),
+        "--config", str(out / "config.json"), "--init", str(out), "--init-parts",
+        "attention,encoder", "--max-iterations", "1", "--no-progress"])
+    assert partial.exit_code == 0, partial.output
+    partial_config = RunConfig.load(tmp_path / "partial" / "config.json").train
+    assert partial_config.init_parts == ("attention", "encoder")
+    assert partial_config.init_from == str(out.resolve())
     assert load_checkpoint(out)["iteration"] == 3
 
 

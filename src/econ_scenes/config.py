@@ -219,8 +219,6 @@ class RunConfig:
         self.train.validate()
         if self.train.gt_masks and self.model.n_experts != 1:
             raise EconError("--gt-masks trains the single-expert model: it needs n_experts == 1")
-        if not self.train.init_from and tuple(self.train.init_parts) != EXPERT_PARTS:
-            raise EconError("init_parts chooses networks of init_from: give init_from (--init) too")
         for k in self.train.frozen_experts:
             if not 0 <= k < self.model.n_experts:
                 raise EconError(f"frozen expert {k} out of range 0..{self.model.n_experts - 1}")
@@ -236,7 +234,7 @@ class RunConfig:
             model["unet_channels"] = tuple(model["unet_channels"])
             train = dict(data["train"])
             train["frozen_experts"] = tuple(train.get("frozen_experts", ()))
-            train["init_parts"] = tuple(train.get("init_parts", EXPERT_PARTS))
+            train["init_parts"] = _parts(train.get("init_parts", EXPERT_PARTS))
             return cls(
                 model=ModelConfig(**model),
                 train=TrainConfig(**train),
@@ -308,6 +306,13 @@ def preset(name: str) -> RunConfig:
     return PRESETS[name]
 
 
+def _parts(value: Any) -> tuple[str, ...]:
+    """init_parts from "attention,encoder" or a list of names."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return tuple(value)
+
+
 def _as_bool(key: str, value: Any) -> bool:
     """A boolean override: True/False, or "true"/"false"/"yes"/"no"/"1"/"0" from the CLI."""
     if isinstance(value, bool):
@@ -330,8 +335,8 @@ def override(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
             raise EconError(f"unknown config field {key!r}")
         if isinstance(target[name], bool):
             value = _as_bool(key, value)
-        if name == "init_parts" and isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
+        if name == "init_parts":
+            value = _parts(value)
         is_tuple = name in ("unet_channels", "frozen_experts", "init_parts")
         target[name] = tuple(value) if is_tuple and not isinstance(value, int) else value
         if is_tuple and isinstance(value, int):

@@ -51,14 +51,15 @@ def train_command(
     init: Annotated[Path | None, typer.Option(help="Start from the weights of this run or "
                                               "combined ensemble.")] = None,
     init_parts: Annotated[str | None, typer.Option(help="With --init: the networks to take "
-                                                   "from it, e.g. attention (default: all of "
-                                                   "attention,encoder,decoder; the others start "
-                                                   "fresh, so they may differ in size).")] = None,
+                                                   "from it, e.g. attention (default: "
+                                                   "attention,encoder,decoder). Networks not "
+                                                   "listed start fresh, so they may differ in "
+                                                   "size.")] = None,
     freeze: Annotated[str | None, typer.Option(help="Experts to keep fixed, e.g. 0,1,2.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train ECON (Adam, plateau schedule of Appendix C.3) and write a run directory."""
-    from econ_scenes.config import RunConfig, override
+    from econ_scenes.config import EXPERT_PARTS, RunConfig, override
     from econ_scenes.config import preset as get_preset
     from econ_scenes.train import train
 
@@ -77,13 +78,16 @@ def train_command(
             raise EconError(f"data file {data} does not exist")
         if preset is not None and config_file is not None:
             raise EconError("give --preset or --config, not both (--config replaces the preset)")
+        if init_parts is not None and init is None:
+            raise EconError("--init-parts chooses networks of the run given by --init: give --init")
         overrides = parse_overrides(set_ or [])
         for key, value in {
             "model.n_experts": 1 if gt_masks and n_experts is None else n_experts,
             "model.n_steps": n_steps, "train.gt_masks": gt_masks, "train.seed": seed,
             "train.device": device, "train.precision": precision,
             "train.init_from": None if init is None else str(init.resolve()),
-            "train.init_parts": init_parts,
+            "train.init_parts": init_parts if init_parts is not None or init is None
+            else ",".join(EXPERT_PARTS),
             "train.frozen_experts": None if freeze is None else _indices(freeze),
         }.items():
             if value is not None:

@@ -288,17 +288,29 @@ def _initialise(model: ECON, source: Path, parts: tuple[str, ...] = EXPERT_PARTS
     from econ_scenes.train.checkpoint import load_model
 
     initial, _ = load_model(source)
-    prefixes = tuple(f"experts.{part}." for part in parts)
-    own = model.state_dict()
-    chosen = {name: value for name, value in initial.state_dict().items()
-              if name.startswith(prefixes)}
-    misfits = [f"{name} {tuple(value.shape)} vs {tuple(own[name].shape)}"
-               for name, value in chosen.items() if name in own and own[name].shape != value.shape]
-    missing = sorted({name for name in own if name.startswith(prefixes)} ^ set(chosen))
-    if misfits or missing:
-        raise EconError(f"--init {source}: its {', '.join(parts)} do not fit this config: "
-                        + "; ".join((misfits + [f"{name} not in both" for name in missing])[:8]))
-    model.load_state_dict(chosen, strict=False)
+    if set(parts) == set(EXPERT_PARTS):
+        try:
+            model.load_state_dict(initial.state_dict())
+        except RuntimeError as error:
+            raise EconError(f"--init {source}: its experts do not fit this config: {error}"
+                            " (--init-parts can leave a network of another size out)") from error
+        return
+    theirs = {name: value for name, value in initial.state_dict().items()
+              if name.startswith(tuple(f"experts.{part}." for part in parts))}
+    ours = {name: value for name, value in model.state_dict().items()
+            if name.startswith(tuple(f"experts.{part}." for part in parts))}
+    problems = ([f"{name} is {tuple(theirs[name].shape)} there, {tuple(ours[name].shape)} here"
+                 for name in sorted(theirs.keys() & ours.keys())
+                 if theirs[name].shape != ours[name].shape]
+                + [f"{name} only in {source}" for name in sorted(theirs.keys() - ours.keys())]
+                + [f"{name} only in this config" for name in sorted(ours.keys() - theirs.keys())])
+    if problems:
+        failing = sorted({name.split(".")[1] for name in problems})
+        more = f"; and {len(problems) - 6} more" if len(problems) > 6 else ""
+        raise EconError(f"--init {source}: its {', '.join(failing)} do not fit this config: "
+                        + "; ".join(problems[:6]) + more
+                        + " (leave a network of another size out of --init-parts)")
+    model.load_state_dict(theirs, strict=False)
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:
