@@ -337,7 +337,7 @@ def override(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
             value = _as_bool(key, value)
         if name == "init_parts":
             value = _parts(value)
-        is_tuple = name in ("unet_channels", "frozen_experts", "init_parts")
+        is_tuple = name in ("unet_channels", "frozen_experts")
         target[name] = tuple(value) if is_tuple and not isinstance(value, int) else value
         if is_tuple and isinstance(value, int):
             target[name] = (value,)

@@ -86,8 +86,8 @@ def train_command(
             "model.n_steps": n_steps, "train.gt_masks": gt_masks, "train.seed": seed,
             "train.device": device, "train.precision": precision,
             "train.init_from": None if init is None else str(init.resolve()),
-            "train.init_parts": init_parts if init_parts is not None or init is None
-            else ",".join(EXPERT_PARTS),
+            # --init alone takes every network, whatever a --config run took
+            "train.init_parts": init_parts or (EXPERT_PARTS if init is not None else None),
             "train.frozen_experts": None if freeze is None else _indices(freeze),
         }.items():
             if value is not None:

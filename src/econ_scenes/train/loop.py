@@ -295,10 +295,10 @@ def _initialise(model: ECON, source: Path, parts: tuple[str, ...] = EXPERT_PARTS
             raise EconError(f"--init {source}: its experts do not fit this config: {error}"
                             " (--init-parts can leave a network of another size out)") from error
         return
+    prefixes = tuple(f"experts.{part}." for part in parts)
     theirs = {name: value for name, value in initial.state_dict().items()
-              if name.startswith(tuple(f"experts.{part}." for part in parts))}
-    ours = {name: value for name, value in model.state_dict().items()
-            if name.startswith(tuple(f"experts.{part}." for part in parts))}
+              if name.startswith(prefixes)}
+    ours = {name: value for name, value in model.state_dict().items() if name.startswith(prefixes)}
     problems = ([f"{name} is {tuple(theirs[name].shape)} there, {tuple(ours[name].shape)} here"
                  for name in sorted(theirs.keys() & ours.keys())
                  if theirs[name].shape != ours[name].shape]
