@@ -42,13 +42,25 @@ def stage(run: Path, state: dict) -> dict:
             "minutes": round(float(state["minutes"]), 2), "data": Path(data).name}
 
 
+def shipped_stages(folder: Path) -> list[dict]:
+    """The stages of an exported model (``pretrained/<name>``), from its training.json."""
+    info = json.loads((folder / "training.json").read_text())
+    return info.get("stages") or [{"run": folder.name, "iterations": int(info["iterations"]),
+                                   "minutes": float(info["minutes"]), "data": info["data"]}]
+
+
 def earlier_stages(run: Path) -> list[dict]:
-    """The runs this one was initialised from (``econ train --init``), first first: their
-    iterations and minutes count towards the shipped model's training."""
+    """The runs or exported models this one was initialised from (``econ train --init``),
+    first first: their iterations and minutes count towards the shipped model's training."""
     init = json.loads((run / "config.json").read_text())["train"].get("init_from", "")
-    if not init or not (Path(init) / "run.json").is_file():
+    if not init:
         return []
-    return [*earlier_stages(Path(init)), stage(Path(init), load_checkpoint(Path(init)))]
+    init_dir = Path(init)
+    if (init_dir / "run.json").is_file():
+        return [*earlier_stages(init_dir), stage(init_dir, load_checkpoint(init_dir))]
+    if (init_dir / "training.json").is_file():
+        return shipped_stages(init_dir)
+    return []
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -79,6 +79,19 @@ def test_export_counts_the_run_a_model_was_initialised_from(
     export.main([str(tmp_path / "first"), "alone", "--root", str(tmp_path / "pretrained")])
     alone = json.loads((tmp_path / "pretrained" / "alone" / "training.json").read_text())
     assert alone["iterations"] == 2 and "stages" not in alone
+    # a run initialised from exported models counts their stages, one or several
+    for source, earlier in (("m", [2, 3]), ("alone", [2])):
+        third = RunConfig(model=tiny_model_config, train=TrainConfig(
+            **settings, init_from=str(tmp_path / "pretrained" / source)))  # type: ignore[arg-type]
+        with one_thread():
+            train(tmp_path / f"after-{source}", config=third, data=tiny_scenes_npz,
+                  budget={"max_iterations": 4}, progress=False)
+        export.main([str(tmp_path / f"after-{source}"), source, "--root",
+                     str(tmp_path / "pretrained"), "--hardware", "test"])
+        info = json.loads((tmp_path / "pretrained" / source / "training.json").read_text())
+        assert [s["iterations"] for s in info["stages"]] == [*earlier, 4]
+        assert info["stages"][-1]["run"] == f"after-{source}"
+        assert info["iterations"] == sum(earlier) + 4
 
 
 def test_expert_preference_finds_the_shipped_unique_experts_specialised(tmp_path: Path) -> None:
