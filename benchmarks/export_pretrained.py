@@ -12,6 +12,7 @@ import argparse
 import json
 import platform
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -42,11 +43,16 @@ def stage(run: Path, state: dict) -> dict:
             "minutes": round(float(state["minutes"]), 2), "data": Path(data).name}
 
 
-def shipped_stages(folder: Path) -> list[dict]:
-    """The stages of an exported model (``pretrained/<name>``), from its training.json."""
+def shipped_stages(folder: Path, run: Path) -> list[dict]:
+    """The stages of an exported model (``pretrained/<name>``) before ``run``, from its
+    training.json. When ``run`` was exported into that folder before (a run started from
+    ``pretrained/<name>`` and shipped back into it), its own stage is already listed last."""
     info = json.loads((folder / "training.json").read_text())
-    return info.get("stages") or [{"run": folder.name, "iterations": int(info["iterations"]),
-                                   "minutes": float(info["minutes"]), "data": info["data"]}]
+    stages = info.get("stages") or [{"run": folder.name, "iterations": int(info["iterations"]),
+                                     "minutes": float(info["minutes"]), "data": info["data"]}]
+    while stages and stages[-1]["run"] == run.name:
+        stages = stages[:-1]
+    return stages
 
 
 def earlier_stages(run: Path) -> list[dict]:
@@ -59,7 +65,9 @@ def earlier_stages(run: Path) -> list[dict]:
     if (init_dir / "run.json").is_file():
         return [*earlier_stages(init_dir), stage(init_dir, load_checkpoint(init_dir))]
     if (init_dir / "training.json").is_file():
-        return shipped_stages(init_dir)
+        return shipped_stages(init_dir, run)
+    print(f"warning: {run} was initialised from {init_dir}, which has neither run.json nor "
+          "training.json: its training is not counted", file=sys.stderr)
     return []
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -50,7 +51,8 @@ def test_train_speed_reports_every_path_against_the_fp32_reference(
 
 
 def test_export_counts_the_run_a_model_was_initialised_from(
-    tmp_path: Path, tiny_scenes_npz: Path, tiny_model_config: ModelConfig
+    tmp_path: Path, tiny_scenes_npz: Path, tiny_model_config: ModelConfig,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     export = load_script("export_pretrained")
     settings = {"batch_size": 4, "n_val": 8, "eval_every": 2, "device": "cpu", "precision": "fp32"}
@@ -92,6 +94,16 @@ def test_export_counts_the_run_a_model_was_initialised_from(
         assert [s["iterations"] for s in info["stages"]] == [*earlier, 4]
         assert info["stages"][-1]["run"] == f"after-{source}"
         assert info["iterations"] == sum(earlier) + 4
+    # exported again into the folder it started from: its own stage is not counted twice
+    export.main([str(tmp_path / "after-m"), "m", "--root", str(tmp_path / "pretrained")])
+    again = json.loads((tmp_path / "pretrained" / "m" / "training.json").read_text())
+    assert [s["iterations"] for s in again["stages"]] == [2, 3, 4]
+    # a source that is gone: a warning, and only the run's own training
+    shutil.rmtree(tmp_path / "pretrained" / "alone")
+    export.main([str(tmp_path / "after-alone"), "lost", "--root", str(tmp_path / "pretrained")])
+    assert "neither run.json nor training.json" in capsys.readouterr().err
+    lost = json.loads((tmp_path / "pretrained" / "lost" / "training.json").read_text())
+    assert lost["iterations"] == 4 and "stages" not in lost
 
 
 def test_expert_preference_finds_the_shipped_unique_experts_specialised(tmp_path: Path) -> None:
