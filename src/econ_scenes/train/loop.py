@@ -288,13 +288,6 @@ def _initialise(model: ECON, source: Path, parts: tuple[str, ...] = EXPERT_PARTS
     from econ_scenes.train.checkpoint import load_model
 
     initial, _ = load_model(source)
-    if set(parts) == set(EXPERT_PARTS):
-        try:
-            model.load_state_dict(initial.state_dict())
-        except RuntimeError as error:
-            raise EconError(f"--init {source}: its experts do not fit this config: {error}"
-                            " (--init-parts can leave a network of another size out)") from error
-        return
     prefixes = tuple(f"experts.{part}." for part in parts)
     theirs = {name: value for name, value in initial.state_dict().items()
               if name.startswith(prefixes)}
@@ -310,7 +303,8 @@ def _initialise(model: ECON, source: Path, parts: tuple[str, ...] = EXPERT_PARTS
         raise EconError(f"--init {source}: its {', '.join(failing)} do not fit this config: "
                         + "; ".join(problems[:6]) + more
                         + " (leave a network of another size out of --init-parts)")
-    model.load_state_dict(theirs, strict=False)
+    # Every parameter lies under one of the parts: with all of them this is a strict load.
+    model.load_state_dict(theirs, strict=set(parts) == set(EXPERT_PARTS))
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:
