@@ -14,6 +14,7 @@ import pytest
 
 from econ_scenes.config import ModelConfig, RunConfig, TrainConfig
 from econ_scenes.data import SceneSpec, generate, save_scenes
+from econ_scenes.errors import EconError
 from econ_scenes.threads import one_thread
 from econ_scenes.train import train
 
@@ -137,3 +138,43 @@ def test_expert_preference_finds_the_shipped_unique_experts_specialised(tmp_path
     # n_objects counts every layer, also those hidden entirely: their empty regions still get
     # a winner, by chance, so the AMI is below the 0.9 of three-object scenes
     assert report["n_objects"] == 60 and report["ami"] > 0.7
+
+
+def test_template_scripts_draw_templates_and_run_the_vae_competition(
+    tmp_path: Path, tiny_scenes_npz: Path, tiny_model_config: ModelConfig,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    plot = load_script("plot_templates")
+    competition = load_script("vae_competition")
+    settings = {"batch_size": 4, "n_val": 8, "eval_every": 2, "device": "cpu", "precision": "fp32",
+                "snapshot_every": 2}
+    model = dataclasses.replace(tiny_model_config, latent_dim=3, shape_latent_dim=3,
+                                shape_decoder="template")
+    with one_thread():
+        train(tmp_path / "tmpl", config=RunConfig(model=model, train=TrainConfig(**settings)),  # type: ignore[arg-type]
+              data=tiny_scenes_npz, budget={"max_iterations": 2}, progress=False)
+        train(tmp_path / "plain", config=RunConfig(
+            model=tiny_model_config, train=TrainConfig(**settings)),  # type: ignore[arg-type]
+              data=tiny_scenes_npz, budget={"max_iterations": 1}, progress=False)
+    out = tmp_path / "templates.png"
+    plot.main([str(tmp_path / "tmpl"), f"{tmp_path / 'tmpl'}:2", "--out", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(EconError, match="no shape templates"):
+        plot.main([str(tmp_path / "plain"), "--out", str(out)])
+    with pytest.raises(EconError, match="no snapshot"):
+        plot.main([f"{tmp_path / 'tmpl'}:7", "--out", str(out)])
+    capsys.readouterr()
+    with one_thread():
+        competition.main(["--data", str(tiny_scenes_npz), "--test", str(tiny_scenes_npz),
+                          "--config", str(tmp_path / "tmpl" / "config.json"), "--iterations", "2",
+                          "--every", "1", "--n-test", "5", "--means", "--balance", "0.1",
+                          "--template-noise", "1"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if "AMI" in line]
+    assert len(lines) == 3
+    winners = json.loads(lines[-1].split("winners ")[1].split("  handicap")[0])
+    assert sum(map(sum, winners)) == 5 * 2  # every object of the 5 test scenes has a winner
+    assert "handicap [0.0, 0.0, 0.0]" not in lines[-1]  # the usage balance moved
+    with pytest.raises(EconError, match="shape_decoder='template'"):
+        competition.main(["--data", str(tiny_scenes_npz), "--test", str(tiny_scenes_npz),
+                          "--config", str(tmp_path / "plain" / "config.json"),
+                          "--template-noise", "1"])

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from econ_scenes.config import ModelConfig, RunConfig, TrainConfig
@@ -250,6 +251,100 @@ def test_a_pose_only_shape_latent(tiny_model_config: ModelConfig, images: Tensor
     torch.testing.assert_close(grad_fast, grad_ref, rtol=1e-7, atol=1e-10)
 
 
+@pytest.mark.parametrize("grouped", [False, True])
+def test_a_template_shape_is_placed_by_the_pose(tiny_model_config: ModelConfig, images: Tensor,
+                                                grouped: bool) -> None:
+    """shape_decoder='template': z[:2] moves an expert's shape, z[2] scales it about its centre,
+    z[3:] leaves it alone, experts draw their own templates, and the fast path still equals the
+    reference."""
+    config = dataclasses.replace(tiny_model_config, latent_dim=4, shape_latent_dim=3,
+                                 shape_decoder="template")
+    model = build(config).double()
+    model.grouped = grouped
+    decoder = model.experts.decoder
+    assert not hasattr(decoder, "shape_convs")
+    expert = torch.tensor([1])
+
+    def shape(z: list[float]) -> Tensor:
+        return torch.sigmoid(decoder(torch.tensor([[z]], dtype=torch.float64), expert)[1])[0, 0]
+
+    centred = shape([0.0, 0.0, 0.0, 0.0])
+    assert centred[8, 8] > 0.8 and centred[0, 0] < 1e-3  # a disc in the middle at the start
+    torch.testing.assert_close(shape([0.0, 0.0, 0.0, 5.0]), centred, rtol=0, atol=0)
+    right = shape([1.0, 0.0, 0.0, 0.0])  # centre moves right by 0.4 of the half-image
+    columns = torch.arange(16, dtype=torch.float64)
+    shift = (right.sum(0) @ columns) / right.sum() - (centred.sum(0) @ columns) / centred.sum()
+    assert 2.0 < shift < 4.5
+    assert shape([0.0, 0.0, 2.0, 0.0]).sum() > 1.5 * centred.sum()  # larger: z[2] > 0
+    with torch.no_grad():
+        decoder.template.logits[2] = -decoder.template.logits[2]
+    other = torch.sigmoid(decoder(torch.zeros(1, 1, 4, dtype=torch.float64),
+                                  torch.tensor([2]))[1])[0, 0]
+    assert other[8, 8] < 0.1  # each expert reads its own template
+    x = images.double()
+    loss_fast, winner_fast, grad_fast, _ = run_path(model, x, False, 0)
+    loss_ref, winner_ref, grad_ref, _ = run_path(model, x, True, 0)
+    assert torch.equal(winner_fast, winner_ref)
+    torch.testing.assert_close(loss_fast, loss_ref, rtol=1e-10, atol=0)
+    torch.testing.assert_close(grad_fast, grad_ref, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_a_competition_on_posterior_means(tiny_model_config: ModelConfig, images: Tensor,
+                                          grouped: bool) -> None:
+    """competition_on_means: the first step's scores do not depend on the latent noise (they
+    do in the paper's competition), the winners are still trained on sampled latents (the loss
+    differs from a deterministic pass), and the fast path equals the reference."""
+    x = images.double()
+
+    def first_scores(on_means: bool, seed: int) -> Tensor:
+        model = build(dataclasses.replace(tiny_model_config, competition_on_means=on_means))
+        model = model.double()
+        model.grouped = grouped
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return model.infer(x, stochastic=True).decomposition.step_scores[:, 0]
+
+    torch.testing.assert_close(first_scores(True, 1), first_scores(True, 2), rtol=0, atol=0)
+    assert not torch.allclose(first_scores(False, 1), first_scores(False, 2))
+    model = build(dataclasses.replace(tiny_model_config, competition_on_means=True)).double()
+    model.grouped = grouped
+    loss_fast, winner_fast, grad_fast, score_fast = run_path(model, x, False, 0)
+    loss_ref, winner_ref, grad_ref, score_ref = run_path(model, x, True, 0)
+    assert torch.equal(winner_fast, winner_ref)
+    torch.testing.assert_close(score_fast, score_ref, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(loss_fast, loss_ref, rtol=1e-10, atol=0)
+    torch.testing.assert_close(grad_fast, grad_ref, rtol=1e-7, atol=1e-10)
+    with torch.no_grad():
+        mean_loss = model.infer(x, stochastic=False).loss
+    assert not torch.allclose(loss_fast, mean_loss)
+
+
+def test_the_template_learns_the_pose_and_the_shape() -> None:
+    """Fitting one expert's template and the poses of squares of several sizes and positions by
+    gradient descent recovers squares (the mechanism that makes a template expert a class
+    specialist)."""
+    from econ_scenes.model.vae import TemplateShape
+
+    torch.manual_seed(0)
+    template = TemplateShape(1, 16)
+    targets = torch.zeros(6, 16, 16)
+    for i, (x, y, s) in enumerate([(2, 3, 6), (8, 7, 7), (5, 5, 5), (1, 9, 6), (9, 1, 6),
+                                   (4, 2, 8)]):
+        targets[i, y:y + s, x:x + s] = 1.0
+    pose = torch.zeros(6, 1, 3, requires_grad=True)
+    optimiser = torch.optim.Adam([pose, *template.parameters()], lr=0.05)
+    for _ in range(300):
+        logits = template(pose, torch.tensor([0]))[:, 0]
+        loss = F.binary_cross_entropy_with_logits(logits, targets)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    fitted = torch.sigmoid(template(pose, torch.tensor([0]))[:, 0]) > 0.5
+    iou = (fitted & (targets > 0)).sum() / (fitted | (targets > 0)).sum()
+    assert iou > 0.85
+
+
 def test_a_float64_model_computes_in_float64(model: ECON, images: Tensor) -> None:
     """The casts that keep autocast's half-precision outputs in float32 leave float64 alone."""
     out = model.double().infer(images.double(), stochastic=True)
@@ -465,6 +560,8 @@ def test_gt_regions_of_the_wrong_shape_are_rejected(tiny_model_config: ModelConf
         ({"latent_dim": 0}, "latent_dim"),
         ({"latent_dim": 2, "shape_latent_dim": 3}, "shape_latent_dim"),
         ({"shape_latent_dim": -1}, "shape_latent_dim"),
+        ({"shape_decoder": "blob"}, "shape_decoder"),
+        ({"latent_dim": 4, "shape_latent_dim": 2, "shape_decoder": "template"}, "pose"),
         ({"sigma_x": 0.0}, "sigma_x"),
         ({"beta": -1.0}, "beta"),
         ({"competition_min_region": 0.3, "competition_max_region": 0.2}, "max_region"),

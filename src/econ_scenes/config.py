@@ -21,6 +21,8 @@ what the shipped models need to converge."""
 
 BALANCE_STEPS = ("all", "last", "bonus-last")
 
+SHAPE_DECODERS = ("stack", "template")
+
 EXPERT_PARTS = ("attention", "encoder", "decoder")
 """The networks of every expert: a_k (attention U-Net), g_k (VAE encoder), f_k (decoder)."""
 
@@ -42,6 +44,9 @@ class ModelConfig:
     # position and size for 3), in a stack of its own; colours use all L. 0 = the paper's
     # decoder. See model/vae.py.
     shape_latent_dim: int = 0
+    # "stack": the shape from z[:S] in a conv stack of its own (above); "template": from one
+    # learned template per expert placed by z[:3] (position, size; needs S = 3). See model/vae.py.
+    shape_decoder: str = "stack"
     vae_layers: int = 4
     vae_features: int = 32
     unet_channels: tuple[int, ...] = (32, 64, 64, 64)
@@ -59,6 +64,10 @@ class ModelConfig:
     competition_temperature_start: float = 0.0
     competition_anneal_iterations: int = 0
     competition_scope_cost: float = 3.0
+    # True: during training the experts compete with their posterior means (no latent noise in
+    # the scores); the winner is still trained on a sampled latent. False: the sampled latents
+    # compete, as in the paper. The noise decides between near-identical experts otherwise.
+    competition_on_means: bool = False
     # Scope-price curriculum: c moves linearly from competition_scope_cost_start (0 = off) to
     # competition_scope_cost over competition_anneal_iterations. A high price early makes
     # experts attend to something at all; a lower one later stops rewarding the largest region
@@ -119,6 +128,12 @@ class ModelConfig:
         if not 0 <= self.shape_latent_dim <= self.latent_dim:
             raise EconError(f"shape_latent_dim must be in 0..latent_dim={self.latent_dim}, "
                             f"got {self.shape_latent_dim}")
+        if self.shape_decoder not in SHAPE_DECODERS:
+            raise EconError(f"shape_decoder must be one of {', '.join(SHAPE_DECODERS)}, "
+                            f"got {self.shape_decoder!r}")
+        if self.shape_decoder == "template" and self.shape_latent_dim != 3:
+            raise EconError("shape_decoder='template' places the template by a pose of three "
+                            f"latent dimensions: set shape_latent_dim=3 (got {self.shape_latent_dim})")
         if self.vae_layers < 1 or self.vae_features < 1:
             raise EconError("vae_layers and vae_features must be >= 1")
         if len(self.unet_channels) < 1 or min(self.unet_channels) < 1:

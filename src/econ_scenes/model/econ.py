@@ -206,15 +206,18 @@ class ECON(nn.Module):
             noise = torch.randn(batch * shard[1], cfg.n_experts, cfg.latent_dim, device=device)[rows]
             gumbel = gumbel_noise((batch * shard[1], cfg.n_experts), device)[rows]
         track = torch.is_grad_enabled()
+        # With competition_on_means the experts compete with their posterior means; the winner's
+        # proposal is then recomputed with its sampled latent below, in every mode.
+        score_noise = None if cfg.competition_on_means else noise
         with contextlib.nullcontext() if reference or not track else torch.no_grad():
-            proposals = self._propose(images, log_scope, noise, given)
+            proposals = self._propose(images, log_scope, score_noise, given)
         losses = step_losses(images, proposals, cfg.sigma_x)
         score = competition_score(losses, proposals, cfg.competition_lambda,
                                   scope_cost, cfg.competition_min_region,
                                   cfg.competition_max_region).detach()
         winner = choose_winner(score if handicap is None else score + handicap, temperature,
                                gumbel)
-        if reference or not track:
+        if (reference or not track) and score_noise is noise:
             chosen = proposals.select(winner)
             rows = torch.arange(batch, device=device)
             chosen_losses = StepLosses(*(getattr(losses, f)[rows, winner].unsqueeze(1) for f in

@@ -77,7 +77,7 @@ class Experts(nn.Module):
         self.encoder = Encoder(k, size, config.vae_layers, config.vae_features, config.latent_dim)
         self.decoder = BroadcastDecoder(
             k, size, config.vae_layers, config.vae_features, config.latent_dim,
-            config.shape_latent_dim,
+            config.shape_latent_dim, config.shape_decoder == "template",
         )
 
     def forward(

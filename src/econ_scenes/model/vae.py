@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -42,18 +44,20 @@ class BroadcastDecoder(nn.Module):
     sees only z[:S] (and the coordinates): an expert's shape is then a function of S numbers
     (position and size for S = 3), so it cannot hold several shape classes, while its colours
     use the whole latent. S = 0 is the paper's decoder: one stack, both outputs from all of z.
+    With ``template`` (S = 3) that shape is the expert's :class:`TemplateShape` placed by z[:3].
     """
 
     def __init__(
         self, n_experts: int, image_size: int, layers: int, features: int, latent_dim: int,
-        shape_dim: int = 0,
+        shape_dim: int = 0, template: bool = False,
     ) -> None:
         super().__init__()
         self.image_size = image_size
         self.shape_dim = shape_dim
         self.convs = self._blocks(n_experts, layers, features, latent_dim)
         self.head = StackedConv2d(n_experts, features, 3 if shape_dim else 4, kernel_size=1)
-        if shape_dim:
+        self.template = TemplateShape(n_experts, image_size) if template else None
+        if shape_dim and not template:
             self.shape_convs = self._blocks(n_experts, layers, features, shape_dim)
             self.shape_head = StackedConv2d(n_experts, features, 1, kernel_size=1)
         axis = torch.linspace(-1.0, 1.0, image_size)
@@ -84,6 +88,54 @@ class BroadcastDecoder(nn.Module):
         out = self._broadcast(z, self.convs, self.head, experts)
         if not self.shape_dim:
             return torch.sigmoid(out[:, :, :3]), out[:, :, 3]
+        if self.template is not None:
+            return torch.sigmoid(out), self.template(z[..., :3], experts)
         shape = self._broadcast(z[..., : self.shape_dim], self.shape_convs, self.shape_head,
                                 experts)
         return torch.sigmoid(out), shape[:, :, 0]
+
+
+class TemplateShape(nn.Module):
+    """K learned shape templates, one per expert, each placed in the image by a pose of three
+    latent dimensions: centre (x, y) and log half-width.
+
+    The template is a logit map over its own square frame [-1, 1]²; a pose maps pixel p to frame
+    coordinates (p − centre) / half-width and the template is read there (bilinear); outside the
+    frame the shape is off. An expert can draw one shape at any position and size, not several
+    shape classes: the capacity limit that sorts objects by shape when colour does not.
+    The pose is an affine function of z[:3] per expert, started so that z ~ N(0, I) covers the
+    dataset's objects (centres within ±0.4·2σ, half-widths 0.4·e^{±0.15·2}).
+    """
+
+    OFF = 10.0
+    """Logit of the shape outside the template's frame (sigmoid ≈ 5·10⁻⁵)."""
+
+    def __init__(self, n_experts: int, image_size: int) -> None:
+        super().__init__()
+        axis = torch.linspace(-1.0, 1.0, image_size)
+        grid_y, grid_x = torch.meshgrid(axis, axis, indexing="ij")
+        # Start: the same soft disc in every frame (radius 0.8), plus noise to break symmetry.
+        disc = 4.0 * (0.8 - (grid_x**2 + grid_y**2).sqrt())
+        self.logits = nn.Parameter(disc.expand(n_experts, 1, image_size, image_size)
+                                   + 0.1 * torch.randn(n_experts, 1, image_size, image_size))
+        self.pose_scale = nn.Parameter(torch.tensor([[0.4, 0.4, 0.15]]).repeat(n_experts, 1))
+        self.pose_shift = nn.Parameter(torch.tensor([[0.0, 0.0, math.log(0.4)]])
+                                       .repeat(n_experts, 1))
+        self.register_buffer("coords", torch.stack([grid_x, grid_y], -1), persistent=False)
+
+    def forward(self, pose: Tensor, experts: Tensor) -> Tensor:
+        """pose: (N, G, 3) latent z[:3] of the experts ``experts: (G,)`` → shape logits (N, G, H, W)."""
+        n, groups, _ = pose.shape
+        with torch.autocast(pose.device.type, enabled=False):  # logits near ±OFF need fp32
+            pose = full_precision(pose)
+            pose = pose * self.pose_scale.index_select(0, experts) + self.pose_shift.index_select(
+                0, experts)
+            centre = pose[..., None, None, :2]
+            half_width = pose[..., None, None, 2:].exp()
+            frame = (self.coords.to(pose.dtype) - centre) / half_width  # (N, G, H, W, 2)
+            size = frame.shape[2]
+            logits = self.logits.index_select(0, experts)[:, 0].expand(n, groups, size, size)
+            shape = F.grid_sample(logits.reshape(n * groups, 1, size, size) + self.OFF,
+                                  frame.reshape(n * groups, size, size, 2), mode="bilinear",
+                                  padding_mode="zeros", align_corners=True)
+        return shape.reshape(n, groups, size, size) - self.OFF
