@@ -24,7 +24,9 @@ KEY = "experts.decoder.template.logits"
 
 def templates(source: str) -> torch.Tensor:
     """``RUN`` or ``RUN:N`` → template probabilities (K, H, W)."""
-    run, _, snapshot = source.partition(":")
+    run, colon, snapshot = source.rpartition(":")
+    if not colon or not snapshot.isdigit():
+        run, snapshot = source, ""
     if snapshot:
         path = snapshot_path(Path(run), int(snapshot))
         if not path.is_file():

@@ -43,7 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=0.03)
     parser.add_argument("--lam", type=float, default=0.0, help="competition λ")
     parser.add_argument("--means", action="store_true",
-                        help="deterministic competition: argmax on posterior means")
+                        help="deterministic: argmax on posterior means, winners trained on their "
+                             "means (--temperature is then not used)")
+    parser.add_argument("--on-means", action="store_true",
+                        help="model.competition_on_means: compete on means, train the winners "
+                             "on sampled latents")
     parser.add_argument("--balance", type=float, default=0.0, help="usage balance rate")
     parser.add_argument("--template-lr", type=float, default=1e-3)
     parser.add_argument("--template-noise", type=float, default=0.0,
@@ -58,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         raise EconError("--n-test and --every must be >= 1, --iterations >= 0")
     config = dataclasses.replace(
         RunConfig.load(args.config).model, competition_lambda=args.lam,
-        competition_temperature=args.temperature, competition_anneal_iterations=0)
+        competition_temperature=args.temperature, competition_anneal_iterations=0,
+        competition_on_means=args.on_means)
     model = ECON(config)
     k = config.n_experts
     if args.template_noise and config.shape_decoder != "template":
@@ -78,6 +83,9 @@ def main(argv: list[str] | None = None) -> None:
         raise EconError(f"the scenes have {regions.shape[1]} and {test_regions.shape[1]} layers, "
                         f"the model takes T = {config.n_steps}: one step per layer")
     test_classes = test.classes[:, ::-1][:, :objects].ravel()
+    if test_classes.min() < 1:
+        raise EconError("the test scenes need objects in every layer (no padding, no background "
+                        "in the first T - 1 layers)")
 
     templates = [p for n, p in model.named_parameters() if "template" in n]
     others = [p for n, p in model.named_parameters() if "template" not in n]

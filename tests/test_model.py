@@ -201,6 +201,17 @@ def run_path(model: ECON, images: Tensor, reference: bool, seed: int) -> tuple[T
     return out.loss.detach(), d.winner, grads, d.step_scores
 
 
+def assert_fast_path_equals_reference(model: ECON, images: Tensor) -> None:
+    """Winners, scores, loss and gradients of one training pass agree between the paths."""
+    loss_fast, winner_fast, grad_fast, score_fast = run_path(model, images, False, 0)
+    loss_ref, winner_ref, grad_ref, score_ref = run_path(model, images, True, 0)
+    assert torch.equal(winner_fast, winner_ref)
+    torch.testing.assert_close(score_fast, score_ref, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(loss_fast, loss_ref, rtol=1e-10, atol=0)
+    assert grad_fast.abs().sum() > 0
+    torch.testing.assert_close(grad_fast, grad_ref, rtol=1e-7, atol=1e-10)
+
+
 @pytest.mark.parametrize(("seed", "grouped"), [(0, False), (3, False), (0, True), (3, True)])
 def test_fast_path_equals_reference_in_float64(
     model: ECON, images: Tensor, seed: int, grouped: bool
@@ -244,11 +255,7 @@ def test_a_pose_only_shape_latent(tiny_model_config: ModelConfig, images: Tensor
     assert not torch.allclose(model.experts.decoder(posed, experts)[1], shape)
     assert model.experts.decoder.head.weight.shape[1] == 3  # RGB only; the shape has its stack
     x = images.double()
-    loss_fast, winner_fast, grad_fast, _ = run_path(model, x, False, 0)
-    loss_ref, winner_ref, grad_ref, _ = run_path(model, x, True, 0)
-    assert torch.equal(winner_fast, winner_ref)
-    torch.testing.assert_close(loss_fast, loss_ref, rtol=1e-10, atol=0)
-    torch.testing.assert_close(grad_fast, grad_ref, rtol=1e-7, atol=1e-10)
+    assert_fast_path_equals_reference(model, x)
 
 
 @pytest.mark.parametrize("grouped", [False, True])
@@ -282,19 +289,15 @@ def test_a_template_shape_is_placed_by_the_pose(tiny_model_config: ModelConfig, 
                                   torch.tensor([2]))[1])[0, 0]
     assert other[8, 8] < 0.1  # each expert reads its own template
     x = images.double()
-    loss_fast, winner_fast, grad_fast, _ = run_path(model, x, False, 0)
-    loss_ref, winner_ref, grad_ref, _ = run_path(model, x, True, 0)
-    assert torch.equal(winner_fast, winner_ref)
-    torch.testing.assert_close(loss_fast, loss_ref, rtol=1e-10, atol=0)
-    torch.testing.assert_close(grad_fast, grad_ref, rtol=1e-7, atol=1e-10)
+    assert_fast_path_equals_reference(model, x)
 
 
 @pytest.mark.parametrize("grouped", [False, True])
 def test_a_competition_on_posterior_means(tiny_model_config: ModelConfig, images: Tensor,
                                           grouped: bool) -> None:
     """competition_on_means: the first step's scores do not depend on the latent noise (they
-    do in the paper's competition), the winners are still trained on sampled latents (the loss
-    differs from a deterministic pass), and the fast path equals the reference."""
+    do in the paper's competition); with a tiny τ the winners are those of a deterministic pass,
+    but they are trained on sampled latents; the fast path equals the reference."""
     x = images.double()
 
     def first_scores(on_means: bool, seed: int) -> Tensor:
@@ -309,15 +312,18 @@ def test_a_competition_on_posterior_means(tiny_model_config: ModelConfig, images
     assert not torch.allclose(first_scores(False, 1), first_scores(False, 2))
     model = build(dataclasses.replace(tiny_model_config, competition_on_means=True)).double()
     model.grouped = grouped
-    loss_fast, winner_fast, grad_fast, score_fast = run_path(model, x, False, 0)
-    loss_ref, winner_ref, grad_ref, score_ref = run_path(model, x, True, 0)
-    assert torch.equal(winner_fast, winner_ref)
-    torch.testing.assert_close(score_fast, score_ref, rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(loss_fast, loss_ref, rtol=1e-10, atol=0)
-    torch.testing.assert_close(grad_fast, grad_ref, rtol=1e-7, atol=1e-10)
+    assert_fast_path_equals_reference(model, x)
+    sharp = build(dataclasses.replace(tiny_model_config, competition_on_means=True,
+                                      competition_temperature=1e-9)).double()
+    sharp.grouped = grouped
     with torch.no_grad():
-        mean_loss = model.infer(x, stochastic=False).loss
-    assert not torch.allclose(loss_fast, mean_loss)
+        torch.manual_seed(5)
+        sampled = sharp.infer(x, stochastic=True).decomposition
+        means = sharp.infer(x, stochastic=False).decomposition
+    torch.testing.assert_close(sampled.step_scores[:, 0], means.step_scores[:, 0], rtol=0, atol=0)
+    assert torch.equal(sampled.winner[:, 0], means.winner[:, 0])
+    # the same winner, decoded from a sampled latent instead of its posterior mean
+    assert (sampled.latent[:, 0] - means.latent[:, 0]).abs().amin(dim=-1).gt(1e-6).all()
 
 
 def test_the_template_learns_the_pose_and_the_shape() -> None:
@@ -342,7 +348,7 @@ def test_the_template_learns_the_pose_and_the_shape() -> None:
         optimiser.step()
     fitted = torch.sigmoid(template(pose, torch.tensor([0]))[:, 0]) > 0.5
     iou = (fitted & (targets > 0)).sum() / (fitted | (targets > 0)).sum()
-    assert iou > 0.85
+    assert iou > 0.97
 
 
 def test_a_float64_model_computes_in_float64(model: ECON, images: Tensor) -> None:

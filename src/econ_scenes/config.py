@@ -64,9 +64,11 @@ class ModelConfig:
     competition_temperature_start: float = 0.0
     competition_anneal_iterations: int = 0
     competition_scope_cost: float = 3.0
-    # True: during training the experts compete with their posterior means (no latent noise in
-    # the scores); the winner is still trained on a sampled latent. False: the sampled latents
-    # compete, as in the paper. The noise decides between near-identical experts otherwise.
+    # True: in stochastic inference (training) the experts compete with their posterior means
+    # (no latent noise in the scores); the winner is still trained on a sampled latent. False:
+    # the sampled latents compete, as in the paper. The noise decides between near-identical
+    # experts otherwise. The winner is still drawn with Gumbel noise of scale τ: a deterministic
+    # competition also needs a tiny competition_temperature.
     competition_on_means: bool = False
     # Scope-price curriculum: c moves linearly from competition_scope_cost_start (0 = off) to
     # competition_scope_cost over competition_anneal_iterations. A high price early makes

@@ -12,6 +12,10 @@ Two paths give the same losses, winners and gradients:
 * reference: every expert's graph is kept and the winners' terms gathered afterwards. It exists
   for tests and benchmarks.
 
+With ``competition_on_means`` the experts compete with their posterior means and, in both
+paths, the winners are recomputed with their sampled latents (the reference path then builds
+and discards the graph of the mean proposals).
+
 Both the competition and the winners' recomputation run the experts in one of two layouts: one
 grouped computation (stacked parameters, grouped convolutions; the winners as B groups, one
 per image), or a loop over experts with dense convolutions (the winners as one sub-batch per

@@ -52,6 +52,8 @@ class BroadcastDecoder(nn.Module):
         shape_dim: int = 0, template: bool = False,
     ) -> None:
         super().__init__()
+        if template and shape_dim != 3:
+            raise ValueError(f"a template shape is placed by 3 latent dimensions, got {shape_dim}")
         self.image_size = image_size
         self.shape_dim = shape_dim
         self.convs = self._blocks(n_experts, layers, features, latent_dim)
@@ -108,7 +110,7 @@ class TemplateShape(nn.Module):
     """
 
     OFF = 10.0
-    """Logit of the shape outside the template's frame (sigmoid ≈ 5·10⁻⁵)."""
+    """Outside the template's frame the shape logit is −OFF (sigmoid ≈ 5·10⁻⁵)."""
 
     def __init__(self, n_experts: int, image_size: int) -> None:
         super().__init__()
@@ -131,7 +133,8 @@ class TemplateShape(nn.Module):
             pose = pose * self.pose_scale.index_select(0, experts) + self.pose_shift.index_select(
                 0, experts)
             centre = pose[..., None, None, :2]
-            half_width = pose[..., None, None, 2:].exp()
+            # bounded, so that a runaway size cannot leave the template outside every pixel
+            half_width = pose[..., None, None, 2:].clamp(-4.0, 3.0).exp()
             frame = (self.coords.to(pose.dtype) - centre) / half_width  # (N, G, H, W, 2)
             size = frame.shape[2]
             logits = self.logits.index_select(0, experts)[:, 0].expand(n, groups, size, size)
