@@ -212,7 +212,8 @@ class ECON(nn.Module):
         track = torch.is_grad_enabled()
         # With competition_on_means the experts compete with their posterior means; the winner's
         # proposal is then recomputed with its sampled latent below, in every mode.
-        score_noise = None if cfg.competition_on_means else noise
+        on_means = noise is not None and cfg.competition_on_means
+        score_noise = None if on_means else noise
         with contextlib.nullcontext() if reference or not track else torch.no_grad():
             proposals = self._propose(images, log_scope, score_noise, given)
         losses = step_losses(images, proposals, cfg.sigma_x)
@@ -221,7 +222,7 @@ class ECON(nn.Module):
                                   cfg.competition_max_region).detach()
         winner = choose_winner(score if handicap is None else score + handicap, temperature,
                                gumbel)
-        if (reference or not track) and score_noise is noise:
+        if (reference or not track) and not on_means:
             chosen = proposals.select(winner)
             rows = torch.arange(batch, device=device)
             chosen_losses = StepLosses(*(getattr(losses, f)[rows, winner].unsqueeze(1) for f in

@@ -11,6 +11,13 @@ from torch import Tensor, nn
 from econ_scenes.model.layers import StackedConv2d, StackedLinear, full_precision
 
 
+def coordinate_grid(size: int) -> Tensor:
+    """(H, W, 2) pixel centres as (x, y) in [-1, 1]: the decoders' coordinate maps."""
+    axis = torch.linspace(-1.0, 1.0, size)
+    grid_y, grid_x = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([grid_x, grid_y], -1)
+
+
 class Encoder(nn.Module):
     """K stacked encoders: blocks of 3×3 conv → ReLU → 2×2 max-pool, then FC 4L → ReLU → FC 2L."""
 
@@ -62,9 +69,7 @@ class BroadcastDecoder(nn.Module):
         if shape_dim and not template:
             self.shape_convs = self._blocks(n_experts, layers, features, shape_dim)
             self.shape_head = StackedConv2d(n_experts, features, 1, kernel_size=1)
-        axis = torch.linspace(-1.0, 1.0, image_size)
-        grid_y, grid_x = torch.meshgrid(axis, axis, indexing="ij")
-        self.register_buffer("coords", torch.stack([grid_x, grid_y]), persistent=False)
+        self.register_buffer("coords", coordinate_grid(image_size), persistent=False)
 
     @staticmethod
     def _blocks(n_experts: int, layers: int, features: int, latent_dim: int) -> nn.ModuleList:
@@ -77,7 +82,7 @@ class BroadcastDecoder(nn.Module):
         n, groups, latent = z.shape
         size = self.image_size
         tiled = z.reshape(n, 1, 1, groups, latent).expand(n, size, size, groups, latent)
-        coords = self.coords.to(z.dtype).permute(1, 2, 0).reshape(1, size, size, 1, 2)
+        coords = self.coords.to(z.dtype).reshape(1, size, size, 1, 2)
         coords = coords.expand(n, size, size, groups, 2)
         # (N, H, W, G·(L'+2)) viewed as NCHW: a channels-last tensor without a copy.
         h = torch.cat([tiled, coords], dim=-1).reshape(n, size, size, -1).permute(0, 3, 1, 2)
@@ -114,16 +119,15 @@ class TemplateShape(nn.Module):
 
     def __init__(self, n_experts: int, image_size: int) -> None:
         super().__init__()
-        axis = torch.linspace(-1.0, 1.0, image_size)
-        grid_y, grid_x = torch.meshgrid(axis, axis, indexing="ij")
+        coords = coordinate_grid(image_size)
         # Start: the same soft disc in every frame (radius 0.8), plus noise to break symmetry.
-        disc = 4.0 * (0.8 - (grid_x**2 + grid_y**2).sqrt())
+        disc = 4.0 * (0.8 - coords.norm(dim=-1))
         self.logits = nn.Parameter(disc.expand(n_experts, 1, image_size, image_size)
                                    + 0.1 * torch.randn(n_experts, 1, image_size, image_size))
         self.pose_scale = nn.Parameter(torch.tensor([[0.4, 0.4, 0.15]]).repeat(n_experts, 1))
         self.pose_shift = nn.Parameter(torch.tensor([[0.0, 0.0, math.log(0.4)]])
                                        .repeat(n_experts, 1))
-        self.register_buffer("coords", torch.stack([grid_x, grid_y], -1), persistent=False)
+        self.register_buffer("coords", coords, persistent=False)
 
     def forward(self, pose: Tensor, experts: Tensor) -> Tensor:
         """pose: (N, G, 3) latent z[:3] of the experts ``experts: (G,)`` → shape logits (N, G, H, W)."""
@@ -137,8 +141,8 @@ class TemplateShape(nn.Module):
             half_width = pose[..., None, None, 2:].clamp(-4.0, 3.0).exp()
             frame = (self.coords.to(pose.dtype) - centre) / half_width  # (N, G, H, W, 2)
             size = frame.shape[2]
-            logits = self.logits.index_select(0, experts)[:, 0].expand(n, groups, size, size)
-            shape = F.grid_sample(logits.reshape(n * groups, 1, size, size) + self.OFF,
-                                  frame.reshape(n * groups, size, size, 2), mode="bilinear",
-                                  padding_mode="zeros", align_corners=True)
-        return shape.reshape(n, groups, size, size) - self.OFF
+            # one grid_sample batch per expert: its template read at the frames of all N images
+            frame = frame.transpose(0, 1).reshape(groups, n * size, size, 2)
+            shape = F.grid_sample(self.logits.index_select(0, experts) + self.OFF, frame,
+                                  mode="bilinear", padding_mode="zeros", align_corners=True)
+        return shape.reshape(groups, n, size, size).transpose(0, 1) - self.OFF
