@@ -4,6 +4,8 @@ was trained (iterations, minutes, machine). Then run ``econ evaluate`` into the 
     python benchmarks/export_pretrained.py runs/quick unique
     python benchmarks/export_pretrained.py runs/quick unique --snapshot 2500  # a kept snapshot
     econ evaluate pretrained/unique --data data/unique-test.npz --out pretrained/unique
+    # an inference setting chosen on validation scenes after training (kept in training.json)
+    python benchmarks/export_pretrained.py runs/r random --set model.competition_lambda=0.5
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from econ_scenes.config import EXPERT_PARTS
+from econ_scenes.cli.train import parse_overrides
+from econ_scenes.config import EXPERT_PARTS, RunConfig, override
 from econ_scenes.train.checkpoint import load_checkpoint, snapshot_path
 
 
@@ -71,6 +74,11 @@ def earlier_stages(run: Path) -> list[dict]:
     return []
 
 
+def _field(config: RunConfig, key: str) -> object:
+    section, _, name = key.partition(".")
+    return getattr(getattr(config, section), name)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
@@ -80,10 +88,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--snapshot", type=int, default=None,
                         help="ship the weights of snapshots/iter_<N>.safetensors instead of the "
                              "run's final ones (fit the prior afterwards)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.FIELD=VALUE",
+                        help="change the shipped config (e.g. an inference setting chosen on "
+                             "validation scenes); recorded in training.json")
     args = parser.parse_args(argv)
+    changes = parse_overrides(args.overrides)
+    trained = RunConfig.load(args.run / "config.json")
+    config = json.loads(json.dumps(override(trained, changes).to_dict()))
     target = args.root / args.name
     target.mkdir(parents=True, exist_ok=True)
-    config = json.loads((args.run / "config.json").read_text())
     config["train"]["init_from"] = ""  # a path on the training machine; training.json has the stages
     config["train"]["init_parts"] = list(EXPERT_PARTS)
     (target / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -92,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         for name in ("model.safetensors", "prior.json", "latents.json"):
             if (args.run / name).exists():
                 shutil.copy2(args.run / name, target / name)
+            else:  # a prior fitted to the weights shipped there before
+                (target / name).unlink(missing_ok=True)
     else:  # the run's priors belong to its final weights
         weights = snapshot_path(args.run, args.snapshot)
         shutil.copy2(weights, target / "model.safetensors")
@@ -108,6 +124,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     if len(stages) > 1:
         info["stages"] = stages
+    if changes:  # what the shipped config changes against the one the last stage trained with
+        info["config_changes"] = {key: {"trained": _field(trained, key), "shipped": value}
+                                  for key, value in changes.items()}
     (target / "training.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     print(f"exported {args.run} → {target}: {info}")
 

@@ -81,7 +81,19 @@ def test_export_counts_the_run_a_model_was_initialised_from(
         "attention", "encoder", "decoder")
     export.main([str(tmp_path / "first"), "alone", "--root", str(tmp_path / "pretrained")])
     alone = json.loads((tmp_path / "pretrained" / "alone" / "training.json").read_text())
-    assert alone["iterations"] == 2 and "stages" not in alone
+    assert alone["iterations"] == 2 and "stages" not in alone and "config_changes" not in alone
+    # an inference setting changed on export: in the shipped config and recorded as a change
+    export.main([str(tmp_path / "first"), "changed", "--root", str(tmp_path / "pretrained"),
+                 "--set", "model.competition_lambda=0.5"])
+    assert RunConfig.load(tmp_path / "pretrained" / "changed" / "config.json"
+                          ).model.competition_lambda == 0.5
+    changed = json.loads((tmp_path / "pretrained" / "changed" / "training.json").read_text())
+    assert changed["config_changes"] == {"model.competition_lambda": {
+        "trained": first.model.competition_lambda, "shipped": 0.5}}
+    with pytest.raises(EconError, match="unknown config field"):
+        export.main([str(tmp_path / "first"), "bad", "--root", str(tmp_path / "pretrained"),
+                     "--set", "model.lambda=0.5"])
+    assert not (tmp_path / "pretrained" / "bad").exists()
     # a run initialised from exported models counts their stages, one or several
     for source, earlier in (("m", [2, 3]), ("alone", [2])):
         third = RunConfig(model=tiny_model_config, train=TrainConfig(
@@ -95,10 +107,13 @@ def test_export_counts_the_run_a_model_was_initialised_from(
         assert [s["iterations"] for s in info["stages"]] == [*earlier, 4]
         assert info["stages"][-1]["run"] == f"after-{source}"
         assert info["iterations"] == sum(earlier) + 4
-    # exported again into the folder it started from: its own stage is not counted twice
+    # exported again into the folder it started from: its own stage is not counted twice,
+    # and a prior fitted to the weights shipped there before does not stay beside new weights
+    (tmp_path / "pretrained" / "m" / "prior.json").write_text("{}")
     export.main([str(tmp_path / "after-m"), "m", "--root", str(tmp_path / "pretrained")])
     again = json.loads((tmp_path / "pretrained" / "m" / "training.json").read_text())
     assert [s["iterations"] for s in again["stages"]] == [2, 3, 4]
+    assert not (tmp_path / "pretrained" / "m" / "prior.json").exists()
     # a source that is gone: a warning, and only the run's own training
     shutil.rmtree(tmp_path / "pretrained" / "alone")
     export.main([str(tmp_path / "after-alone"), "lost", "--root", str(tmp_path / "pretrained")])
