@@ -4,7 +4,8 @@ was trained (iterations, minutes, machine). Then run ``econ evaluate`` into the 
     python benchmarks/export_pretrained.py runs/quick unique
     python benchmarks/export_pretrained.py runs/quick unique --snapshot 2500  # a kept snapshot
     econ evaluate pretrained/unique --data data/unique-test.npz --out pretrained/unique
-    # an inference setting chosen on validation scenes after training (kept in training.json)
+    # an inference setting chosen on validation scenes after training (kept in training.json;
+    # the run's prior is then not shipped: fit it again with `econ compose --prior`)
     python benchmarks/export_pretrained.py runs/r random --set model.competition_lambda=0.5
 """
 
@@ -19,9 +20,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
-from econ_scenes.cli.train import parse_overrides
-from econ_scenes.config import EXPERT_PARTS, RunConfig, override
+from econ_scenes.config import EXPERT_PARTS, RunConfig, override, parse_overrides
+from econ_scenes.errors import EconError
+from econ_scenes.model import ECON
 from econ_scenes.train.checkpoint import load_checkpoint, snapshot_path
 
 
@@ -76,7 +79,19 @@ def earlier_stages(run: Path) -> list[dict]:
 
 def _field(config: RunConfig, key: str) -> object:
     section, _, name = key.partition(".")
-    return getattr(getattr(config, section), name)
+    value = getattr(getattr(config, section), name)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def shipped_config(trained: RunConfig, overrides: dict[str, object]
+                   ) -> tuple[list[str], RunConfig]:
+    """The config to ship: the run's with ``overrides`` applied, and the fields they change."""
+    fixed = {"train.init_from", "train.init_parts"} & set(overrides)
+    if fixed:
+        raise EconError(f"--set cannot change {', '.join(sorted(fixed))}: an exported model "
+                        "loads every part from its own weights")
+    shipped = override(trained, overrides)
+    return [key for key in overrides if _field(shipped, key) != _field(trained, key)], shipped
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,28 +108,37 @@ def main(argv: list[str] | None = None) -> None:
                         help="change the shipped config (e.g. an inference setting chosen on "
                              "validation scenes); recorded in training.json")
     args = parser.parse_args(argv)
-    changes = parse_overrides(args.overrides)
     trained = RunConfig.load(args.run / "config.json")
-    config = json.loads(json.dumps(override(trained, changes).to_dict()))
+    changes, shipped = shipped_config(trained, parse_overrides(args.overrides))
+    if args.snapshot is None:
+        weights, state = args.run / "model.safetensors", load_checkpoint(args.run)
+        if not weights.is_file():
+            raise EconError(f"{args.run} has no model.safetensors (a run that never finished?); "
+                            "export one of its snapshots with --snapshot N")
+    else:
+        weights = snapshot_path(args.run, args.snapshot)
+        with safe_open(str(weights), framework="pt") as handle:
+            state = handle.metadata()
+    try:
+        ECON(shipped.model).load_state_dict(load_file(str(weights)))
+    except RuntimeError as error:
+        raise EconError(f"the shipped config does not fit the weights of {weights}: {error}") from None
     target = args.root / args.name
     target.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(weights, target / "model.safetensors")
+    # the run's priors belong to its final weights and to the config that fitted them
+    keep_priors = args.snapshot is None and not changes
+    for name in ("prior.json", "latents.json"):
+        if keep_priors and (args.run / name).exists():
+            shutil.copy2(args.run / name, target / name)
+        else:  # none, or one fitted to the weights shipped there before
+            (target / name).unlink(missing_ok=True)
+    if not keep_priors:
+        print("no prior shipped: fit one with `econ compose <model> --prior --data <scenes>`")
+    config = json.loads(json.dumps(shipped.to_dict()))
     config["train"]["init_from"] = ""  # a path on the training machine; training.json has the stages
     config["train"]["init_parts"] = list(EXPERT_PARTS)
     (target / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    if args.snapshot is None:
-        state = load_checkpoint(args.run)
-        for name in ("model.safetensors", "prior.json", "latents.json"):
-            if (args.run / name).exists():
-                shutil.copy2(args.run / name, target / name)
-            else:  # a prior fitted to the weights shipped there before
-                (target / name).unlink(missing_ok=True)
-    else:  # the run's priors belong to its final weights
-        weights = snapshot_path(args.run, args.snapshot)
-        shutil.copy2(weights, target / "model.safetensors")
-        for stale in ("prior.json", "latents.json"):
-            (target / stale).unlink(missing_ok=True)
-        with safe_open(str(weights), framework="pt") as handle:
-            state = handle.metadata()
     stages = [*earlier_stages(args.run), stage(args.run, state)]
     info = {
         "iterations": sum(s["iterations"] for s in stages),
@@ -125,8 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     if len(stages) > 1:
         info["stages"] = stages
     if changes:  # what the shipped config changes against the one the last stage trained with
-        info["config_changes"] = {key: {"trained": _field(trained, key), "shipped": value}
-                                  for key, value in changes.items()}
+        info["config_changes"] = {key: {"trained": _field(trained, key), "shipped": _field(shipped, key)}
+                                  for key in changes}
     (target / "training.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     print(f"exported {args.run} → {target}: {info}")
 

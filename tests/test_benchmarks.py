@@ -15,6 +15,7 @@ import pytest
 from econ_scenes.config import ModelConfig, RunConfig, TrainConfig
 from econ_scenes.data import SceneSpec, generate, save_scenes
 from econ_scenes.errors import EconError
+from econ_scenes.scene import SceneModel
 from econ_scenes.threads import one_thread
 from econ_scenes.train import train
 
@@ -83,16 +84,34 @@ def test_export_counts_the_run_a_model_was_initialised_from(
     alone = json.loads((tmp_path / "pretrained" / "alone" / "training.json").read_text())
     assert alone["iterations"] == 2 and "stages" not in alone and "config_changes" not in alone
     # an inference setting changed on export: in the shipped config and recorded as a change
-    export.main([str(tmp_path / "first"), "changed", "--root", str(tmp_path / "pretrained"),
-                 "--set", "model.competition_lambda=0.5"])
-    assert RunConfig.load(tmp_path / "pretrained" / "changed" / "config.json"
-                          ).model.competition_lambda == 0.5
+    # (as stored, not as typed; a field set to its trained value is no change); a prior
+    # fitted under the trained config is not shipped with it
+    (tmp_path / "first" / "prior.json").write_text("{}")
+    pretrained = ["--root", str(tmp_path / "pretrained")]
+    export.main([str(tmp_path / "first"), "changed", *pretrained, "--set",
+                 "model.competition_lambda=0.5", "--set", "model.competition_on_means=true",
+                 "--set", f"model.latent_dim={tiny_model_config.latent_dim}"])
+    shipped_model = RunConfig.load(tmp_path / "pretrained" / "changed" / "config.json").model
+    assert (shipped_model.competition_lambda, shipped_model.competition_on_means) == (0.5, True)
     changed = json.loads((tmp_path / "pretrained" / "changed" / "training.json").read_text())
-    assert changed["config_changes"] == {"model.competition_lambda": {
-        "trained": first.model.competition_lambda, "shipped": 0.5}}
-    with pytest.raises(EconError, match="unknown config field"):
-        export.main([str(tmp_path / "first"), "bad", "--root", str(tmp_path / "pretrained"),
-                     "--set", "model.lambda=0.5"])
+    assert changed["config_changes"] == {
+        "model.competition_lambda": {"trained": first.model.competition_lambda, "shipped": 0.5},
+        "model.competition_on_means": {"trained": False, "shipped": True}}
+    assert not (tmp_path / "pretrained" / "changed" / "prior.json").exists()
+    export.main([str(tmp_path / "first"), "same", *pretrained])  # unchanged: the prior is shipped
+    assert (tmp_path / "pretrained" / "same" / "prior.json").read_text() == "{}"
+    for change, problem in (("model.lambda=0.5", "unknown config field"),
+                            ("train.init_from=x", "cannot change train.init_from"),
+                            ("model.latent_dim=5", "does not fit the weights")):
+        with pytest.raises(EconError, match=problem):
+            export.main([str(tmp_path / "first"), "bad", *pretrained, "--set", change])
+    assert not (tmp_path / "pretrained" / "bad").exists()
+    (tmp_path / "first" / "prior.json").unlink()
+    # a run without final weights: a clear error, nothing shipped
+    shutil.copytree(tmp_path / "first", tmp_path / "unfinished")
+    (tmp_path / "unfinished" / "model.safetensors").unlink()
+    with pytest.raises(EconError, match=r"no model\.safetensors"):
+        export.main([str(tmp_path / "unfinished"), "bad", *pretrained])
     assert not (tmp_path / "pretrained" / "bad").exists()
     # a run initialised from exported models counts their stages, one or several
     for source, earlier in (("m", [2, 3]), ("alone", [2])):
@@ -193,3 +212,28 @@ def test_template_scripts_draw_templates_and_run_the_vae_competition(
         competition.main(["--data", str(tiny_scenes_npz), "--test", str(tiny_scenes_npz),
                           "--config", str(tmp_path / "plain" / "config.json"),
                           "--template-noise", "1"])
+
+
+def test_inference_lambda_scores_each_lambda_on_each_file(tmp_path: Path) -> None:
+    sweep = load_script("inference_lambda")
+    spec = SceneSpec.preset("unique", size=32)
+    crowded = dataclasses.replace(spec, n_objects=5, repeat_classes=True)
+    files = [tmp_path / "unique.npz", tmp_path / "crowded.npz"]
+    for path, scene_spec, seed in zip(files, (spec, crowded), (33, 34), strict=True):
+        save_scenes(path, generate(scene_spec, 16, seed=seed), scene_spec)
+    with one_thread():
+        sweep.main([str(ROOT / "pretrained" / "unique"), "--lam", "1", "0", "--threads", "1",
+                    "--data", *map(str, files), "--out", str(tmp_path / "lam")])
+    rows = json.loads((tmp_path / "lam.json").read_text())
+    assert [(row["lambda"], row["data"], row["n_steps"]) for row in rows] == [
+        (1.0, "unique.npz", 4), (1.0, "crowded.npz", 6), (0.0, "unique.npz", 4),
+        (0.0, "crowded.npz", 6)]
+    # the shipped unique model, with the λ it was trained with: segmented and specialised
+    assert rows[0]["fg_ari"] > 0.95 and rows[0]["ami"] > 0.9
+    table = (tmp_path / "lam.md").read_text()
+    assert "| λ = 0 | λ = 1 |" in table and table.count("| FG-ARI, ") == 2
+    # score() decomposes with the λ it is given
+    model = SceneModel.load(ROOT / "pretrained" / "unique")
+    with one_thread():
+        sweep.score(model, 0.25, files[:1], 2)
+    assert model.model.config.competition_lambda == 0.25

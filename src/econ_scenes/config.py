@@ -6,6 +6,7 @@ the model from it.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import math
@@ -339,6 +340,21 @@ def _as_bool(key: str, value: Any) -> bool:
     if word in words:
         return words[word]
     raise EconError(f"{key} must be true or false, got {value!r}")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["model.beta=2", "train.lr=1e-3"]`` → ``{"model.beta": 2, "train.lr": 0.001}``."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise EconError(f"--set expects section.field=value, got {item!r}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        overrides[key.strip()] = value
+    return overrides
 
 
 def override(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:

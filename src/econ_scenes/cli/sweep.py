@@ -33,7 +33,7 @@ def sweep_command(
     """Run one search worker (start several, on one or many machines, to search in parallel),
     or report on a study with --report."""
     from econ_scenes import sweep
-    from econ_scenes.cli.train import parse_overrides
+    from econ_scenes.config import parse_overrides
 
     name = report or study or preset
     folder = out if out is not None else Path("sweeps") / name

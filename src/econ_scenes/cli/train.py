@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from econ_scenes.config import parse_overrides
 from econ_scenes.errors import EconError
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["model.beta=2", "train.lr=1e-3"]`` → ``{"model.beta": 2, "train.lr": 0.001}``."""
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise EconError(f"--set expects section.field=value, got {item!r}")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        overrides[key.strip()] = value
-    return overrides
 
 
 def train_command(
