@@ -19,7 +19,6 @@ attention instead.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ def load(model_dir: Path, snapshot: int | None, lam: float | None) -> SceneModel
             raise EconError(f"no snapshot {path}")
         model.model.load_state_dict(load_file(str(path)))
     if lam is not None:
-        model.model.config = dataclasses.replace(model.model.config, competition_lambda=lam)
+        model.set_competition(competition_lambda=lam)
     return model
 
 

@@ -16,7 +16,6 @@ reports.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from econ_scenes.scene import SceneModel
 def score(model: SceneModel, lam: float, data: list[Path], n: int) -> list[dict[str, Any]]:
     """FG-ARI and AMI of the first ``n`` scenes of each file, decomposed with this λ (T: the
     model's or the scenes' layer count, whichever is larger, as in `econ evaluate`)."""
-    model.model.config = dataclasses.replace(model.model.config, competition_lambda=lam)
+    model.set_competition(competition_lambda=lam)
     rows = []
     for path in data:
         scenes = load_scenes(path).subset(slice(0, n))

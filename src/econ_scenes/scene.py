@@ -190,6 +190,16 @@ class SceneModel:
         model, config = load_model(run_dir, device)
         return cls(model, config, Path(run_dir))
 
+    def set_competition(self, **settings: float | bool) -> None:
+        """Change the competition's settings for the coming decompositions, e.g.
+        ``competition_lambda=0.5``, in the model and in :attr:`config` alike (they need no new
+        weights; :meth:`save` keeps them)."""
+        other = sorted(name for name in settings if not name.startswith("competition_"))
+        if other:
+            raise EconError(f"not a competition setting: {', '.join(other)}")
+        self.config = override(self.config, {f"model.{name}": v for name, v in settings.items()})
+        self.model.config = self.config.model
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
