@@ -13,7 +13,9 @@ attention instead.
         --out benchmarks/results/expert_preference_random
 
 ``--snapshot N`` reads a run's snapshot at iteration N; ``--lam`` scores with another λ (e.g.
-0: the shape term alone).
+0: the shape term alone). A model whose config refines the competition's candidates
+(``competition_refine_steps``) is scored so; ``--refine N`` sets another number of steps (0: the
+encoders' latents).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from econ_scenes.config import search_settings
 from econ_scenes.data import load_scenes
 from econ_scenes.data.generator import CLASS_NAMES
 from econ_scenes.errors import EconError
@@ -64,6 +67,7 @@ def preference(model: SceneModel, data: Path, n: int) -> dict[str, Any]:
     return {
         "n_scenes": len(scenes), "n_objects": int(objects.sum()),
         "lambda": model.model.config.competition_lambda,
+        "competition": search_settings(model.model.config),
         "ami": result["ami"], "purity": result["purity"],
         "contingency": result["contingency"].tolist(),
         "mean_score": [[None if np.isnan(v) else round(float(v), 4) for v in row]
@@ -71,11 +75,17 @@ def preference(model: SceneModel, data: Path, n: int) -> dict[str, Any]:
     }
 
 
+def _refined(report: dict[str, Any]) -> str:
+    steps = report["competition"]["competition_refine_steps"]
+    return f", latents refined {steps} steps before the comparison" if steps else ""
+
+
 def markdown(name: str, report: dict[str, Any]) -> str:
     header = "| expert | " + " | ".join(CLASS_NAMES[1:]) + " | mean score (circle, square, triangle) |"
     lines = [f"# Expert preference given ground-truth regions: {name}", "",
              f"{report['n_objects']} objects of {report['n_scenes']} scenes, λ = "
-             f"{report['lambda']}; every expert given each object's visible region. "
+             f"{report['lambda']}; every expert given each object's visible region"
+             f"{_refined(report)}. "
              f"AMI(winner, class) **{report['ami']:.3f}**, purity {report['purity']:.3f}.", "",
              header, "|" + "---|" * 5]
     for e, (row, scores) in enumerate(zip(report["contingency"], report["mean_score"],
@@ -92,12 +102,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=500, help="number of scenes")
     parser.add_argument("--snapshot", type=int, default=None, help="a run's snapshot iteration")
     parser.add_argument("--lam", type=float, default=None, help="score with this λ instead")
+    parser.add_argument("--refine", type=int, default=None,
+                        help="refine the candidates' latents this many steps instead")
     parser.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error(f"--n must be at least 1, got {args.n}")
     torch.set_num_threads(1)
-    report = preference(load(args.model, args.snapshot, args.lam), args.data, args.n)
+    if args.refine is not None and args.refine < 0:
+        parser.error(f"--refine must be >= 0, got {args.refine}")
+    model = load(args.model, args.snapshot, args.lam)
+    if args.refine is not None:
+        model.set_competition(competition_refine_steps=args.refine)
+    report = preference(model, args.data, args.n)
     name = args.model.name + ("" if args.snapshot is None else f" @ {args.snapshot}")
     text = markdown(name, report)
     print(text)

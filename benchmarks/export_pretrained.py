@@ -51,14 +51,16 @@ def stage(run: Path, state: dict) -> dict:
 
 def shipped_stages(folder: Path, run: Path) -> list[dict]:
     """The stages of an exported model (``pretrained/<name>``) before ``run``, from its
-    training.json. When ``run`` was exported into that folder before (a run started from
-    ``pretrained/<name>`` and shipped back into it), its own stage is already listed last."""
+    training.json. When ``run`` or a run continued from it was exported into that folder since
+    (a run started from ``pretrained/<name>`` and shipped back into it), the folder lists
+    ``run``'s stage and those after it: they are left out, being this run's own lineage."""
     info = json.loads((folder / "training.json").read_text())
     stages = info.get("stages") or [{"run": folder.name, "iterations": int(info["iterations"]),
                                      "minutes": float(info["minutes"]), "data": info["data"]}]
-    while stages and stages[-1]["run"] == run.name:
-        stages = stages[:-1]
-    return stages
+    names = [s["run"] for s in stages]
+    if run.name not in names:
+        return stages
+    return stages[: len(names) - 1 - names[::-1].index(run.name)]
 
 
 def earlier_stages(run: Path) -> list[dict]:

@@ -11,6 +11,9 @@ reports.
     python benchmarks/inference_lambda.py pretrained/random --lam 0 0.3 0.5 1 3 \\
         --data data/random-val-32.npz data/ood-val-32.npz \\
         --out benchmarks/results/inference_lambda_random
+
+``--set model.competition_NAME=VALUE`` changes another competition setting for every row (e.g.
+``--set model.competition_cross=False`` for the experts' own regions only).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import torch
 
+from econ_scenes.config import parse_overrides, search_settings
 from econ_scenes.data import load_scenes
 from econ_scenes.evaluate.evaluate import decompose_scenes, decomposition_metrics
 from econ_scenes.scene import SceneModel
@@ -43,11 +47,12 @@ def score(model: SceneModel, lam: float, data: list[Path], n: int) -> list[dict[
     return rows
 
 
-def markdown(name: str, rows: list[dict[str, Any]]) -> str:
+def markdown(name: str, rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
     lams = sorted({row["lambda"] for row in rows})
     files = list(dict.fromkeys(row["data"] for row in rows))
     cell = {(row["lambda"], row["data"]): row for row in rows}
-    lines = [f"# λ at inference: {name}", "",
+    shown = ", ".join(f"{key} = {value}" for key, value in settings.items())
+    lines = [f"# λ at inference: {name}", "", f"Competition settings: {shown}.", "",
              "| | " + " | ".join(f"λ = {lam:g}" for lam in lams) + " |",
              "|---|" + "---:|" * len(lams)]
     for file in files:
@@ -67,6 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lam", type=float, nargs="+", required=True, help="λ values to score")
     parser.add_argument("--n", type=int, default=300, help="scenes per file")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="model.competition_NAME=VALUE",
+                        help="another competition setting for every row (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
     args = parser.parse_args(argv)
     if args.n < 1:
@@ -75,8 +83,18 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"λ must be non-negative, got {args.lam}")
     torch.set_num_threads(args.threads)
     model = SceneModel.load(args.model)
+    overrides = parse_overrides(args.overrides)
+    if any(not key.startswith("model.competition_") or key == "model.competition_lambda"
+           for key in overrides):
+        parser.error(f"--set takes model.competition_* settings other than λ (--lam), got "
+                     f"{sorted(overrides)}")
+    model.set_competition(**{key.removeprefix("model."): v for key, v in overrides.items()})
     rows = [row for lam in args.lam for row in score(model, lam, args.data, args.n)]
-    text = markdown(args.model.name, rows)
+    settings = {name: value for name, value in search_settings(model.config.model).items()
+                if name != "competition_lambda"}
+    for row in rows:
+        row["settings"] = settings
+    text = markdown(args.model.name, rows, settings)
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,13 @@ def _value(metrics: dict, name: str) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+def _competition(model_folder: Path) -> dict:
+    """The shipped config's model settings: the competition ``econ evaluate`` decomposed with,
+    for metrics that predate its record in their ``settings``."""
+    path = model_folder / "config.json"
+    return json.loads(path.read_text()).get("model", {}) if path.exists() else {}
+
+
 def table(root: Path) -> str:
     header = ["model", "image", "scenes", "regions", "latents",
               *[HEADLINE_LABELS[c] for c in COLUMNS], "training"]
@@ -42,9 +49,16 @@ def table(root: Path) -> str:
         settings = metrics.get("settings") or {}
         regions = settings.get("regions", "attention")
         refined = settings.get("refine_steps") or 0
+        competition = settings.get("competition") or _competition(model_folder)
+        if (regions != "ground truth" and competition.get("competition_cross")
+                and metrics.get("n_experts", 1) > 1):
+            regions = "attention, crossed"
+        latents = f"refined ({refined} steps)" if refined else "encoder"
+        if competition.get("competition_refine_steps"):
+            latents += f", refined in the competition ({competition['competition_refine_steps']} steps)"
         row = [f"`{folder.relative_to(root).as_posix()}`", f"{metrics.get('image_size', '?')}²",
                str(metrics.get("n_scenes", "?")), "given" if regions == "ground truth" else regions,
-               f"refined ({refined} steps)" if refined else "encoder", *values, training]
+               latents, *values, training]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -133,6 +133,17 @@ def test_export_counts_the_run_a_model_was_initialised_from(
     again = json.loads((tmp_path / "pretrained" / "m" / "training.json").read_text())
     assert [s["iterations"] for s in again["stages"]] == [2, 3, 4]
     assert not (tmp_path / "pretrained" / "m" / "prior.json").exists()
+    # a run continued from that one, exported there twice: the folder's copy of the lineage
+    # is not counted again
+    fourth = RunConfig(model=tiny_model_config, train=TrainConfig(
+        **settings, init_from=str(tmp_path / "after-m")))  # type: ignore[arg-type]
+    with one_thread():
+        train(tmp_path / "after-m2", config=fourth, data=tiny_scenes_npz,
+              budget={"max_iterations": 2}, progress=False)
+    for _ in range(2):
+        export.main([str(tmp_path / "after-m2"), "m", "--root", str(tmp_path / "pretrained")])
+        again = json.loads((tmp_path / "pretrained" / "m" / "training.json").read_text())
+        assert [s["run"] for s in again["stages"]] == ["first", "second", "after-m", "after-m2"]
     # a source that is gone: a warning, and only the run's own training
     shutil.rmtree(tmp_path / "pretrained" / "alone")
     export.main([str(tmp_path / "after-alone"), "lost", "--root", str(tmp_path / "pretrained")])
@@ -162,6 +173,17 @@ def test_expert_preference_finds_the_shipped_unique_experts_specialised(tmp_path
                 assert scores[expert][owned] == min(other[owned] for other in scores)
     assert json.loads((tmp_path / "shape_only.json").read_text())["lambda"] == 0.0
     assert "AMI(winner, class)" in (tmp_path / "pref.md").read_text()
+    # refined candidates: recorded, and scored with their refined latents
+    for steps in (0, 5):
+        with one_thread():
+            preference.main([str(ROOT / "pretrained" / "unique"), "--data", str(data), "--n", "4",
+                             "--lam", "0", "--refine", str(steps), "--out",
+                             str(tmp_path / f"refined{steps}")])
+    encoded, refined = (json.loads((tmp_path / f"refined{n}.json").read_text()) for n in (0, 5))
+    assert refined["competition"]["competition_refine_steps"] == 5
+    assert "refined 5 steps" in (tmp_path / "refined5.md").read_text()
+    assert "refined" not in (tmp_path / "refined0.md").read_text()
+    assert refined["mean_score"] != encoded["mean_score"]
     # scenes with more objects than the model's T (one step per layer), classes repeated
     crowded = dataclasses.replace(spec, n_objects=5, repeat_classes=True)
     save_scenes(tmp_path / "crowded.npz", generate(crowded, 12, seed=32), crowded)
@@ -237,3 +259,21 @@ def test_inference_lambda_scores_each_lambda_on_each_file(tmp_path: Path) -> Non
     with one_thread():
         sweep.score(model, 0.25, files[:1], 2)
     assert model.model.config.competition_lambda == 0.25
+
+
+def test_inference_lambda_applies_other_competition_settings(tmp_path: Path) -> None:
+    sweep = load_script("inference_lambda")
+    spec = SceneSpec.preset("unique", size=32)
+    path = tmp_path / "unique.npz"
+    save_scenes(path, generate(spec, 8, seed=35), spec)
+    args = [str(ROOT / "pretrained" / "unique"), "--lam", "1", "--threads", "1", "--data",
+            str(path), "--out", str(tmp_path / "cross")]
+    with one_thread():
+        sweep.main([*args, "--set", "model.competition_cross=True"])
+    (row,) = json.loads((tmp_path / "cross.json").read_text())
+    assert row["settings"]["competition_cross"] is True
+    assert row["settings"]["competition_refine_steps"] == 0
+    assert "competition_cross = True" in (tmp_path / "cross.md").read_text()
+    for wrong in ("model.beta=2", "model.competition_lambda=2"):  # λ is --lam's
+        with pytest.raises(SystemExit):
+            sweep.main([*args, "--set", wrong])

@@ -98,6 +98,23 @@ class ModelConfig:
     # the competition is the paper's. 0 = for the whole run. Meant for K above the number of
     # classes, where an equal share for every expert would split a class.
     competition_balance_iterations: int = 0
+    # Deterministic inference without gradients only (decomposition, evaluation; training's
+    # competition and its validation loss are the paper's). True: every expert also competes
+    # for the regions the other experts' attention proposed, each expert keeping the region it
+    # explains best (K² candidates at every step before the last): an expert whose own
+    # attention picked an object of another class can still win the object of its class that
+    # another expert proposed.
+    competition_cross: bool = False
+    # > 0 (the same inference only): before the comparison, every candidate's posterior mean
+    # is refined by this many Adam steps (learning rate competition_refine_lr) on
+    # λ·L_x + L_r + β·½‖μ‖² (its score's terms that depend on the latent, and the prior),
+    # regions held (model/refine.py); with competition_refine_top N > 0 only each image's N
+    # best-scoring candidates are refined (the others keep the encoder's answer). Experts are
+    # then compared by how well their decoders can explain a region, not by how well their
+    # encoders guessed.
+    competition_refine_steps: int = 0
+    competition_refine_lr: float = 0.1
+    competition_refine_top: int = 0
     attention_bias: float = -3.0
 
     def temperature(self, iteration: int) -> float:
@@ -170,6 +187,12 @@ class ModelConfig:
         if self.competition_temperature_start < 0 or self.competition_anneal_iterations < 0:
             raise EconError("competition_temperature_start and competition_anneal_iterations "
                             "must be >= 0")
+        if self.competition_refine_steps < 0 or self.competition_refine_top < 0:
+            raise EconError(f"competition_refine_steps and competition_refine_top must be >= 0, "
+                            f"got {self.competition_refine_steps}, {self.competition_refine_top}")
+        if not (math.isfinite(self.competition_refine_lr) and self.competition_refine_lr > 0):
+            raise EconError(f"competition_refine_lr must be a finite number > 0, got "
+                            f"{self.competition_refine_lr}")
         if self.competition_balance_steps not in BALANCE_STEPS:
             raise EconError(f"competition_balance_steps must be one of {', '.join(BALANCE_STEPS)}, "
                             f"got {self.competition_balance_steps!r}")
@@ -340,6 +363,16 @@ def _as_bool(key: str, value: Any) -> bool:
     if word in words:
         return words[word]
     raise EconError(f"{key} must be true or false, got {value!r}")
+
+
+SEARCH_SETTINGS = ("competition_lambda", "competition_cross", "competition_refine_steps",
+                   "competition_refine_lr", "competition_refine_top")
+"""The settings of deterministic inference's competition (what a decomposition depends on
+besides the weights and the scope price)."""
+
+
+def search_settings(config: ModelConfig) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in SEARCH_SETTINGS}
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

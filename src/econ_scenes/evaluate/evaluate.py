@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from econ_scenes.config import search_settings
 from econ_scenes.data.generator import CLASS_NAMES, Scenes
 from econ_scenes.errors import EconError
 from econ_scenes.evaluate.metrics import (
@@ -652,6 +653,7 @@ def evaluate(scene_model: SceneModel, scenes: Scenes, *, n_steps: int | None = N
     metrics["settings"] = {"seed": seed, "n_steps": metrics["n_steps"],
                            "regions": "ground truth" if given else "attention",
                            "refine_steps": refine_steps,
+                           "competition": search_settings(scene_model.config.model),
                            "n_generated": n_generated if classifier else None,
                            "n_samples": n_samples if classifier else None,
                            "n_composed": n_composed if classifier else None,

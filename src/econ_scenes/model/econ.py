@@ -38,6 +38,7 @@ from econ_scenes.model.competition import choose_winner, competition_score, gumb
 from econ_scenes.model.experts import Experts, Proposal
 from econ_scenes.model.layers import StackedConv2d
 from econ_scenes.model.objective import LOG_FLOOR, StepLosses, step_losses
+from econ_scenes.model.refine import decode_rows, descend
 from econ_scenes.types import Decomposition
 
 
@@ -119,6 +120,7 @@ class ECON(nn.Module):
         scope_cost: float | None = None,
         handicap: Tensor | None = None,
         shard: tuple[int, int] = (0, 1),
+        search: bool = True,
     ) -> Inference:
         """Decompose images (B, 3, H, W) in [0, 1] front to back.
 
@@ -136,6 +138,10 @@ class ECON(nn.Module):
         shard: (index, count) when these images are rows [index·B, (index+1)·B) of a batch of
         count·B split over processes: the random draws are made for the whole batch and sliced,
         so data-parallel training samples exactly what one process would on the whole batch.
+        search: widen the competition as configured (``competition_cross``,
+        ``competition_refine_steps``); acts only on deterministic inference without gradients
+        (decompositions; training's validation loss passes False, to score training's
+        competition).
         """
         self.check_images(images)
         cfg = self.config
@@ -164,7 +170,7 @@ class ECON(nn.Module):
                 images, log_scope, given, stochastic, reference,
                 cfg.competition_temperature if temperature is None else temperature,
                 cfg.competition_scope_cost if scope_cost is None else scope_cost,
-                self._step_handicap(handicap, last=t == steps - 1), shard)
+                self._step_handicap(handicap, last=t == steps - 1), shard, search)
             step_total = terms.total(cfg.beta, cfg.gamma).mean()
             loss = loss + step_total
             for name in totals:
@@ -197,7 +203,7 @@ class ECON(nn.Module):
     def _step(
         self, images: Tensor, log_scope: Tensor, given: Tensor | None, stochastic: bool,
         reference: bool, temperature: float, scope_cost: float, handicap: Tensor | None,
-        shard: tuple[int, int],
+        shard: tuple[int, int], search: bool,
     ) -> tuple[Proposal, StepLosses, Tensor, Tensor]:
         """One inference step → winner's proposal (B, 1, ...), its losses (B, 1), winner (B,),
         competition scores (B, K)."""
@@ -216,10 +222,11 @@ class ECON(nn.Module):
         score_noise = None if on_means else noise
         with contextlib.nullcontext() if reference or not track else torch.no_grad():
             proposals = self._propose(images, log_scope, score_noise, given)
+        searched = search and noise is None and not track and self._searches(given)
+        if searched:
+            proposals = self._search(images, log_scope, proposals, scope_cost, cross=given is None)
         losses = step_losses(images, proposals, cfg.sigma_x)
-        score = competition_score(losses, proposals, cfg.competition_lambda,
-                                  scope_cost, cfg.competition_min_region,
-                                  cfg.competition_max_region).detach()
+        score = self._score(losses, proposals, scope_cost).detach()
         winner = choose_winner(score if handicap is None else score + handicap, temperature,
                                gumbel)
         if (reference or not track) and not on_means:
@@ -230,6 +237,86 @@ class ECON(nn.Module):
             return chosen, chosen_losses, winner, score
         chosen = self._winners_forward(images, log_scope, given, winner, noise)
         return chosen, step_losses(images, chosen, cfg.sigma_x), winner, score
+
+    def _score(self, losses: StepLosses, proposals: Proposal, scope_cost: float) -> Tensor:
+        cfg = self.config
+        return competition_score(losses, proposals, cfg.competition_lambda, scope_cost,
+                                 cfg.competition_min_region, cfg.competition_max_region)
+
+    def _searches(self, given: Tensor | None) -> bool:
+        """Whether deterministic inference widens this step's competition (cross or refine)."""
+        cfg = self.config
+        cross = cfg.competition_cross and given is None and cfg.n_experts > 1
+        return cross or cfg.competition_refine_steps > 0
+
+    def _search(self, images: Tensor, log_scope: Tensor, proposals: Proposal, scope_cost: float,
+                cross: bool) -> Proposal:
+        """Deterministic inference's wider competition → every expert's best candidate (B, K, ...).
+
+        Candidates are the experts' own proposals (B, K, ...), or with ``competition_cross``
+        every expert on every expert's proposed region (B, K·K, ...; candidate j·K + k is
+        expert k on expert j's region, whose attention then shrinks the scope if it wins; the
+        K own-region candidates are recomputed with the others, the encoders being the cheap
+        part). With
+        ``competition_refine_steps`` the candidates' latents are refined on their own scores
+        first. Each expert keeps its best-scoring candidate.
+        """
+        cfg = self.config
+        k = cfg.n_experts
+        candidates = proposals
+        if cross and cfg.competition_cross and k > 1:
+            candidates = self._cross_candidates(images, log_scope, proposals)
+        n_candidates = candidates.log_region.shape[1]
+        expert = torch.arange(n_candidates, device=images.device) % k
+        score = self._score(step_losses(images, candidates, cfg.sigma_x), candidates, scope_cost)
+        if cfg.competition_refine_steps > 0:
+            candidates = self._refine_candidates(images, candidates, score, expert)
+            score = self._score(step_losses(images, candidates, cfg.sigma_x), candidates,
+                                scope_cost)
+        best_region = score.reshape(len(images), n_candidates // k, k).argmin(dim=1)  # (B, K)
+        return candidates.gather(best_region * k + torch.arange(k, device=images.device))
+
+    def _cross_candidates(self, images: Tensor, log_scope: Tensor, proposals: Proposal
+                          ) -> Proposal:
+        """Every expert encodes and decodes every expert's proposed region → (B, K·K, ...)."""
+        k = self.config.n_experts
+        batch, _, height, width = images.shape
+        assert proposals.attention is not None  # regions proposed by attention, not given
+
+        def by_region(t: Tensor) -> Tensor:  # (B, K, H, W) → (K·B, 1, H, W), rows (j, b)
+            return t.transpose(0, 1).reshape(k * batch, 1, height, width)
+
+        candidates = self._propose(images.repeat(k, 1, 1, 1), log_scope.repeat(k, 1, 1, 1), None,
+                                   by_region(proposals.log_region))
+        attention = by_region(proposals.attention).expand(k * batch, k, height, width)
+        return candidates.replace(attention=attention).fold(k)
+
+    def _refine_candidates(self, images: Tensor, candidates: Proposal, score: Tensor,
+                           expert: Tensor) -> Proposal:
+        """Refine the latents of candidates (B, C, ...) of experts ``expert`` (C,) on their own
+        scores; with ``competition_refine_top`` N only each image's N best (by ``score``, (B, C))."""
+        cfg = self.config
+        batch, n_candidates = score.shape
+        top = cfg.competition_refine_top
+        if 0 < top < n_candidates:
+            chosen = score.topk(top, dim=1, largest=False).indices
+        else:
+            chosen = torch.arange(n_candidates, device=score.device).expand(batch, n_candidates)
+        rows = torch.arange(batch, device=score.device).unsqueeze(1).expand_as(chosen).reshape(-1)
+        cols = chosen.reshape(-1)
+        latent = descend(self.experts, cfg, images[rows], candidates.log_region[rows, cols],
+                         candidates.log_scope[rows, cols], candidates.latent_mean[rows, cols],
+                         expert[cols], cfg.competition_refine_steps, cfg.competition_refine_lr,
+                         weights=(cfg.competition_lambda, 1.0))
+        appearance, logit = decode_rows(self.experts, latent, expert[cols])
+
+        def put(t: Tensor, values: Tensor) -> Tensor:
+            return t.index_put((rows, cols), values.to(t.dtype))
+
+        mean = put(candidates.latent_mean, latent)
+        return candidates.replace(latent_mean=mean, latent=mean,
+                                  appearance=put(candidates.appearance, appearance),
+                                  shape_logit=put(candidates.shape_logit, logit))
 
     def _grouped(self, device: torch.device) -> bool:
         return default_grouped(device) if self.grouped is None else self.grouped

@@ -52,6 +52,24 @@ class Proposal:
         """Reorder the images: (N, ...) → (len(rows), ...)."""
         return self._map(lambda t: t[rows])
 
+    def replace(self, **tensors: Tensor | None) -> Proposal:
+        """The same proposal with some tensors replaced."""
+        return Proposal(**{f.name: tensors.get(f.name, getattr(self, f.name)) for f in fields(self)})
+
+    def fold(self, n_regions: int) -> Proposal:
+        """Candidates made region by region, (J·N, G, ...) with rows (j, n) → (N, J·G, ...) with
+        candidate c = j·G + g of image n."""
+        def fold(t: Tensor) -> Tensor:
+            n = t.shape[0] // n_regions
+            return t.reshape(n_regions, n, *t.shape[1:]).transpose(0, 1).reshape(
+                n, n_regions * t.shape[1], *t.shape[2:])
+        return self._map(fold)
+
+    def gather(self, index: Tensor) -> Proposal:
+        """Per image, the candidates ``index``: (N, G') of (N, C, ...) → (N, G', ...)."""
+        rows = torch.arange(index.shape[0], device=index.device).unsqueeze(1)
+        return self._map(lambda t: t[rows, index])
+
     @staticmethod
     def cat(proposals: list[Proposal], dim: int = 1) -> Proposal:
         """Concatenate along the expert axis, list of (N, 1, ...) → (N, G, ...), or with dim=0

@@ -173,7 +173,8 @@ def validation_loss(model: ECON, data: TrainingData, precision: str) -> float:
     total, count = 0.0, 0
     with torch.no_grad(), autocast(data.device, precision):
         for images, gt in data.validation_batches(shared=True):
-            total += model.infer(images, stochastic=False, gt_regions=gt).loss.item() * len(images)
+            total += model.infer(images, stochastic=False, gt_regions=gt,
+                                 search=False).loss.item() * len(images)
             count += len(images)
     model.train()
     total, count = data.cluster.sum([total, count], data.device)
