@@ -39,6 +39,19 @@ def _with(model: SceneModel, images: torch.Tensor, n_steps: int, **settings: flo
         model.set_competition(**before)
 
 
+def _assert_drawn_by_winners(model: SceneModel, d: Decomposition) -> None:
+    """The first step's appearance and shape are the winner's decoder on the recorded latent."""
+    for k in range(model.n_experts):
+        mine = d.winner[:, 0] == k
+        if not mine.any():
+            continue
+        with torch.no_grad():
+            appearance, shape = model.model.experts.generate(d.latent[mine, 0].unsqueeze(1),
+                                                             torch.tensor([k]))
+        torch.testing.assert_close(d.appearance[mine, 0], appearance[:, 0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(d.shape[mine, 0], shape[:, 0], atol=1e-5, rtol=0)
+
+
 def test_cross_candidates_give_each_expert_its_best_proposed_region(
     tiny_model_config: ModelConfig, tiny_scenes: Scenes
 ) -> None:
@@ -57,17 +70,9 @@ def test_cross_candidates_give_each_expert_its_best_proposed_region(
     distance = (proposed.log_region.exp() - crossed.region[:, :1]).abs().amax(dim=(-2, -1))
     assert (distance.min(dim=1).values < 1e-5).all()
     assert crossed.region[:, 0].ne(plain.region[:, 0]).any()
-    # the winner's latent is its own encoding of that region and decodes through the winner
-    # (an expert given another expert's latent, or the region's proposer, would not)
-    for k in range(3):
-        mine = crossed.winner[:, 0] == k
-        if not mine.any():
-            continue
-        with torch.no_grad():
-            appearance, shape = model.model.experts.generate(
-                crossed.latent[mine, 0].unsqueeze(1), torch.tensor([k]))
-        torch.testing.assert_close(crossed.appearance[mine, 0], appearance[:, 0], atol=1e-5, rtol=0)
-        torch.testing.assert_close(crossed.shape[mine, 0], shape[:, 0], atol=1e-5, rtol=0)
+    # the winner's latent is its own encoding of that region (an expert given another
+    # expert's latent, or the region's proposer, would not draw it)
+    _assert_drawn_by_winners(model, crossed)
     # the scope shrinks by the chosen region (that of the attention network that proposed it)
     torch.testing.assert_close(crossed.scope[:, 1], (1 - crossed.region[:, 0]).clamp_min(0),
                                atol=1e-4, rtol=0)
@@ -94,13 +99,7 @@ def test_refined_candidates_compete_with_lower_scores(
     refined = _with(model, images, 1, competition_refine_steps=20, competition_refine_lr=0.05)
     assert refined.step_scores.mean() < plain.step_scores.mean() - 0.05
     assert not torch.allclose(refined.latent, plain.latent)
-    # the recorded latent is what the winner's decoder drew
-    with torch.no_grad():
-        appearance, shape = model.model.experts.generate(refined.latent[:, 0].unsqueeze(1),
-                                                         refined.winner[:1, 0])
-    first = refined.winner[:, 0] == refined.winner[0, 0]
-    torch.testing.assert_close(refined.appearance[first, 0], appearance[first, 0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(refined.shape[first, 0], shape[first, 0], atol=1e-5, rtol=0)
+    _assert_drawn_by_winners(model, refined)  # the recorded latent is what the winner drew
 
 
 def test_refine_top_refines_only_the_best_candidates(
