@@ -12,7 +12,8 @@ reports.
         --data data/random-val-32.npz data/ood-val-32.npz \\
         --out benchmarks/results/inference_lambda_random
 
-``--set model.competition_NAME=VALUE`` changes another competition setting for every row (e.g.
+``--set model.competition_NAME=VALUE`` changes a setting of the search for every row
+(``competition_cross``, ``competition_refine_steps``, ``_lr``, ``_top``; e.g.
 ``--set model.competition_cross=False`` for the experts' own regions only).
 """
 
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 
-from econ_scenes.config import parse_overrides, search_settings
+from econ_scenes.config import SEARCH_SETTINGS, parse_overrides, search_settings
 from econ_scenes.data import load_scenes
 from econ_scenes.evaluate.evaluate import decompose_scenes, decomposition_metrics
 from econ_scenes.scene import SceneModel
@@ -84,9 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     model = SceneModel.load(args.model)
     overrides = parse_overrides(args.overrides)
-    if any(not key.startswith("model.competition_") or key == "model.competition_lambda"
-           for key in overrides):
-        parser.error(f"--set takes model.competition_* settings other than λ (--lam), got "
+    allowed = {f"model.{name}" for name in SEARCH_SETTINGS if name != "competition_lambda"}
+    if not set(overrides) <= allowed:
+        parser.error(f"--set takes {', '.join(sorted(allowed))} (λ is --lam), got "
                      f"{sorted(overrides)}")
     model.set_competition(**{key.removeprefix("model."): v for key, v in overrides.items()})
     rows = [row for lam in args.lam for row in score(model, lam, args.data, args.n)]

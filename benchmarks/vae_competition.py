@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         if iteration % args.every == 0:
             model.eval()
             with torch.no_grad():
-                winner = model.infer(test_images, stochastic=False,
-                                     gt_regions=test_regions).decomposition.winner
+                winner = model.infer(test_images, stochastic=False, gt_regions=test_regions,
+                                     search=False).decomposition.winner  # as trained
             model.train()
             winner = winner[:, :objects].numpy().ravel()
             table = np.zeros((k, 3), dtype=int)

@@ -142,9 +142,12 @@ def test_training_competition_is_unchanged(tiny_model_config: ModelConfig, tiny_
     losses = []
     for settings in ({}, {"competition_cross": True, "competition_refine_steps": 3}):
         model.set_competition(**settings)
-        torch.manual_seed(1)
-        losses.append(model.model.infer(images, stochastic=True).loss.detach())
-    torch.testing.assert_close(losses[0], losses[1])
+        for grad in (True, False):  # a training step, and a validation-style pass without grad
+            torch.manual_seed(1)
+            with torch.set_grad_enabled(grad):
+                losses.append(model.model.infer(images, stochastic=True).loss.detach())
+    torch.testing.assert_close(losses[0], losses[2])
+    torch.testing.assert_close(losses[1], losses[3])
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -152,6 +155,8 @@ def test_training_competition_is_unchanged(tiny_model_config: ModelConfig, tiny_
     ({"competition_refine_top": -2}, "competition_refine_top"),
     ({"competition_refine_lr": 0.0}, "competition_refine_lr"),
     ({"competition_refine_lr": float("nan")}, "competition_refine_lr"),
+    ({"competition_refine_steps": 20.0}, "competition_refine_steps must be a whole number"),
+    ({"competition_refine_top": True}, "competition_refine_top must be a whole number"),
 ])
 def test_impossible_search_settings_are_refused(
     tiny_model_config: ModelConfig, settings: dict[str, float], message: str

@@ -187,6 +187,10 @@ class ModelConfig:
         if self.competition_temperature_start < 0 or self.competition_anneal_iterations < 0:
             raise EconError("competition_temperature_start and competition_anneal_iterations "
                             "must be >= 0")
+        for name in ("competition_refine_steps", "competition_refine_top"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise EconError(f"{name} must be a whole number, got {value!r}")
         if self.competition_refine_steps < 0 or self.competition_refine_top < 0:
             raise EconError(f"competition_refine_steps and competition_refine_top must be >= 0, "
                             f"got {self.competition_refine_steps}, {self.competition_refine_top}")
@@ -367,8 +371,9 @@ def _as_bool(key: str, value: Any) -> bool:
 
 SEARCH_SETTINGS = ("competition_lambda", "competition_cross", "competition_refine_steps",
                    "competition_refine_lr", "competition_refine_top")
-"""The settings of deterministic inference's competition (what a decomposition depends on
-besides the weights and the scope price)."""
+"""λ and the settings of deterministic inference's search (cross and refined candidates):
+what ``econ evaluate`` records and the benchmarks vary; the scope price and its region bounds
+are the trained model's."""
 
 
 def search_settings(config: ModelConfig) -> dict[str, Any]:

@@ -20,7 +20,7 @@ def decomposition_grid(model: ECON, images: Tensor) -> Tensor:
     with torch.no_grad():
         was_training = model.training
         model.eval()
-        d = model.infer(images, stochastic=False).decomposition
+        d = model.infer(images, stochastic=False, search=False).decomposition  # training's
         model.train(was_training)
     rows = [images, d.reconstruction.clamp(0, 1)]
     rows += [(d.region[:, t : t + 1] * d.appearance[:, t]).clamp(0, 1)
