@@ -65,6 +65,22 @@ def test_gpu_decomposition_equals_cpu(model_pair: tuple[ECON, ECON], tiny_scenes
                                    rtol=1e-9, atol=1e-11, msg=name)
 
 
+def test_gpu_search_equals_cpu(model_pair: tuple[ECON, ECON], tiny_scenes: Scenes) -> None:
+    """The wider competition at inference (cross and refined candidates) on both devices."""
+    cpu, gpu = model_pair
+    for model in (cpu, gpu):
+        model.config = dataclasses.replace(model.config, competition_cross=True,
+                                           competition_refine_steps=5, competition_refine_top=4)
+    x = images_of(tiny_scenes).double()
+    with torch.no_grad():
+        on_cpu = cpu.infer(x, stochastic=False).decomposition
+        on_gpu = gpu.infer(x.to(CUDA), stochastic=False).decomposition
+    assert torch.equal(on_cpu.winner, on_gpu.winner.cpu())
+    for name in ("region", "scope", "latent", "step_scores"):
+        torch.testing.assert_close(getattr(on_gpu, name).cpu(), getattr(on_cpu, name),
+                                   rtol=1e-7, atol=1e-9, msg=name)
+
+
 def test_gpu_training_pass_equals_cpu(model_pair: tuple[ECON, ECON], tiny_scenes: Scenes) -> None:
     """Grouped experts on the GPU against the per-expert loop on the CPU: loss and gradients."""
     cpu, gpu = model_pair

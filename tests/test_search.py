@@ -165,14 +165,19 @@ def test_impossible_search_settings_are_refused(
         dataclasses.replace(tiny_model_config, **settings).validate()
 
 
-def test_both_layouts_search_alike(tiny_model_config: ModelConfig, tiny_scenes: Scenes) -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_both_layouts_search_alike(tiny_model_config: ModelConfig, tiny_scenes: Scenes,
+                                   dtype: torch.dtype) -> None:
     model = _model(tiny_model_config, competition_cross=True, competition_refine_steps=3,
                    competition_refine_top=4)
-    images = _images(tiny_scenes, 8)
+    model.model.to(dtype)
+    images = _images(tiny_scenes, 8).to(dtype)
     results = []
     for grouped in (False, True):  # a loop over experts (fp32 CPUs), one grouped computation
         model.model.grouped = grouped
-        results.append(model.decompose(images, n_steps=3))
+        with torch.no_grad():
+            results.append(model.model.infer(images, stochastic=False).decomposition)
+    assert results[0].latent.dtype == dtype  # the refined latents keep the model's precision
     for name in ("winner", "region", "scope", "latent", "step_scores"):
         torch.testing.assert_close(getattr(results[1], name), getattr(results[0], name),
                                    atol=1e-4, rtol=1e-4)

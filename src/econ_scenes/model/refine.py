@@ -26,6 +26,7 @@ from torch import Tensor
 from econ_scenes.config import ModelConfig
 from econ_scenes.errors import EconError
 from econ_scenes.model.experts import Experts
+from econ_scenes.model.layers import full_precision
 from econ_scenes.model.objective import LOG_FLOOR, reconstruction_loss, region_kl
 from econ_scenes.types import Decomposition
 
@@ -39,14 +40,14 @@ def _groups(expert: Tensor) -> list[tuple[Tensor, Tensor]]:
 
 def decode_rows(experts: Experts, latent: Tensor, expert: Tensor) -> tuple[Tensor, Tensor]:
     """Each latent (M, L) through its own expert's decoder (``expert``: (M,)), one dense batch
-    per expert → appearance (M, 3, H, W), shape logits (M, H, W) in full precision."""
+    per expert → appearance (M, 3, H, W), shape logits (M, H, W) in the latents' dtype."""
     size = experts.decoder.image_size
     appearance = latent.new_empty(len(latent), 3, size, size)
     logit = latent.new_empty(len(latent), size, size)
     for k, rows in _groups(expert):
         out, shape_logit = experts.decoder(latent[rows].unsqueeze(1), k)
-        appearance = appearance.index_put((rows,), out[:, 0].float())
-        logit = logit.index_put((rows,), shape_logit[:, 0].float())
+        appearance = appearance.index_put((rows,), out[:, 0].to(latent.dtype))
+        logit = logit.index_put((rows,), shape_logit[:, 0].to(latent.dtype))
     return appearance, logit
 
 
@@ -71,11 +72,11 @@ def descend(experts: Experts, config: ModelConfig, image: Tensor, log_region: Te
     """Adam on :func:`refinement_loss` of each row's latent, regions held.
 
     image: (M, 3, H, W); log_region, log_scope: (M, H, W); latent: (M, L); expert: (M,) whose
-    decoder reads each row → the refined latents (M, L), detached, float32.
+    decoder reads each row → the refined latents (M, L), detached, in full precision.
     """
-    target = image.float().unsqueeze(1)
-    log_region, log_scope = log_region.float().unsqueeze(1), log_scope.float().unsqueeze(1)
-    latent = latent.detach().float().clone().requires_grad_(True)
+    latent = full_precision(latent.detach()).clone().requires_grad_(True)
+    target = image.to(latent.dtype).unsqueeze(1)
+    log_region, log_scope = (t.to(latent.dtype).unsqueeze(1) for t in (log_region, log_scope))
     optimiser = torch.optim.Adam([latent], lr=lr)
     with torch.enable_grad():
         for _ in range(steps):
@@ -101,9 +102,9 @@ def refine(experts: Experts, config: ModelConfig, images: Tensor, decomposition:
         return decomposition
     batch, n_steps = decomposition.winner.shape
     winner = decomposition.winner.reshape(-1)
-    region = decomposition.region.float().reshape(batch * n_steps, *images.shape[-2:])
+    region = full_precision(decomposition.region).reshape(batch * n_steps, *images.shape[-2:])
     log_region = region.clamp_min(1e-30).log().clamp_min(LOG_FLOOR)
-    log_scope = (decomposition.scope.float().reshape(log_region.shape)
+    log_scope = (full_precision(decomposition.scope).reshape(log_region.shape)
                  .clamp_min(1e-30).log().clamp_min(LOG_FLOOR))
     latent = descend(experts, config, images.repeat_interleave(n_steps, dim=0), log_region,
                      log_scope, decomposition.latent.reshape(batch * n_steps, -1), winner,
@@ -112,7 +113,7 @@ def refine(experts: Experts, config: ModelConfig, images: Tensor, decomposition:
         appearance, logit = decode_rows(experts, latent, winner)
     appearance = appearance.reshape(batch, n_steps, *appearance.shape[1:])
     shape = torch.sigmoid(logit).reshape(batch, n_steps, *logit.shape[1:])
-    reconstruction = (decomposition.region.float().unsqueeze(2) * appearance).sum(dim=1)
+    reconstruction = (full_precision(decomposition.region).unsqueeze(2) * appearance).sum(dim=1)
     return Decomposition(
         winner=decomposition.winner, region=decomposition.region, scope=decomposition.scope,
         appearance=appearance, shape=shape, latent=latent.reshape(batch, n_steps, -1),
