@@ -12,7 +12,6 @@ mean over occluded objects that ``econ evaluate`` reports, and the same per visi
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from econ_scenes.evaluate.evaluate import (
     summarise,
 )
 from econ_scenes.evaluate.ideal import ideal_amodal
+from econ_scenes.io import write_report
 from econ_scenes.scene import SceneModel
 
 BINS = ((0.8, 1.0), (0.6, 0.8), (0.4, 0.6), (0.2, 0.4), (0.0, 0.2))
@@ -93,9 +93,7 @@ def main() -> None:
             "occluded_object_iou": summarise(nanmean_rows(scores)),
             "by_visible_fraction": by_visible_fraction(scores, fraction),
         }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(report(result))
+    write_report(args.out, result, report(result), indent=1)
     print(report(result))
 
 

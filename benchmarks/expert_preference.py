@@ -21,7 +21,6 @@ encoders' latents).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from econ_scenes.data import load_scenes
 from econ_scenes.data.generator import CLASS_NAMES
 from econ_scenes.errors import EconError
 from econ_scenes.evaluate.metrics import specialisation
+from econ_scenes.io import write_report
 from econ_scenes.scene import SceneModel
 from econ_scenes.train.checkpoint import snapshot_path
 
@@ -119,9 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     text = markdown(name, report)
     print(text)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(text)
+        write_report(args.out, report, text)
 
 
 if __name__ == "__main__":

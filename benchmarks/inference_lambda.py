@@ -20,7 +20,6 @@ reports.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import torch
 from econ_scenes.config import SEARCH_SETTINGS, parse_overrides, search_settings
 from econ_scenes.data import load_scenes
 from econ_scenes.evaluate.evaluate import decompose_scenes, decomposition_metrics
+from econ_scenes.io import write_report
 from econ_scenes.scene import SceneModel
 
 
@@ -98,9 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     text = markdown(args.model.name, rows, settings)
     print(text)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(text)
+        write_report(args.out, rows, text)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -32,3 +33,12 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise EconError(f"cannot write {path}: {error.strerror or error}") from error
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_report(out: Path, data: object, text: str, indent: int = 2) -> None:
+    """A benchmark's result as ``<out>.json`` (``data``) and ``<out>.md`` (``text``), each
+    written atomically."""
+    out = Path(out)
+    atomic_write(out.with_suffix(".json"),
+                 lambda tmp: tmp.write_text(json.dumps(data, indent=indent) + "\n"))
+    atomic_write(out.with_suffix(".md"), lambda tmp: tmp.write_text(text))

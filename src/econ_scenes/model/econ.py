@@ -222,9 +222,9 @@ class ECON(nn.Module):
         score_noise = None if on_means else noise
         with contextlib.nullcontext() if reference or not track else torch.no_grad():
             proposals = self._propose(images, log_scope, score_noise, given)
-        searched = search and noise is None and not track and self._searches(given)
-        if searched:
-            proposals = self._search(images, log_scope, proposals, scope_cost, cross=given is None)
+        cross = cfg.competition_cross and given is None and cfg.n_experts > 1
+        if search and noise is None and not track and (cross or cfg.competition_refine_steps > 0):
+            proposals = self._search(images, log_scope, proposals, scope_cost, cross)
         losses = step_losses(images, proposals, cfg.sigma_x)
         score = self._score(losses, proposals, scope_cost).detach()
         winner = choose_winner(score if handicap is None else score + handicap, temperature,
@@ -243,28 +243,21 @@ class ECON(nn.Module):
         return competition_score(losses, proposals, cfg.competition_lambda, scope_cost,
                                  cfg.competition_min_region, cfg.competition_max_region)
 
-    def _searches(self, given: Tensor | None) -> bool:
-        """Whether deterministic inference widens this step's competition (cross or refine)."""
-        cfg = self.config
-        cross = cfg.competition_cross and given is None and cfg.n_experts > 1
-        return cross or cfg.competition_refine_steps > 0
-
     def _search(self, images: Tensor, log_scope: Tensor, proposals: Proposal, scope_cost: float,
                 cross: bool) -> Proposal:
         """Deterministic inference's wider competition → every expert's best candidate (B, K, ...).
 
-        Candidates are the experts' own proposals (B, K, ...), or with ``competition_cross``
-        every expert on every expert's proposed region (B, K·K, ...; candidate j·K + k is
-        expert k on expert j's region, whose attention then shrinks the scope if it wins; the
-        K own-region candidates are recomputed with the others, the encoders being the cheap
-        part). With
+        Candidates are the experts' own proposals (B, K, ...), or with ``cross`` every expert
+        on every expert's proposed region (B, K·K, ...; candidate j·K + k is expert k on expert
+        j's region, whose attention then shrinks the scope if it wins; the K own-region
+        candidates are recomputed with the others, the encoders being the cheap part). With
         ``competition_refine_steps`` the candidates' latents are refined on their own scores
         first. Each expert keeps its best-scoring candidate.
         """
         cfg = self.config
         k = cfg.n_experts
         candidates = proposals
-        if cross and cfg.competition_cross and k > 1:
+        if cross:
             candidates = self._cross_candidates(images, log_scope, proposals)
         n_candidates = candidates.log_region.shape[1]
         expert = torch.arange(n_candidates, device=images.device) % k

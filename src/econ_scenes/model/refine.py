@@ -38,13 +38,15 @@ def _groups(expert: Tensor) -> list[tuple[Tensor, Tensor]]:
     return [(k.reshape(1), torch.nonzero(expert == k).squeeze(1)) for k in torch.unique(expert)]
 
 
-def decode_rows(experts: Experts, latent: Tensor, expert: Tensor) -> tuple[Tensor, Tensor]:
-    """Each latent (M, L) through its own expert's decoder (``expert``: (M,)), one dense batch
-    per expert → appearance (M, 3, H, W), shape logits (M, H, W) in the latents' dtype."""
+def decode_rows(experts: Experts, latent: Tensor, expert: Tensor | list[tuple[Tensor, Tensor]]
+                ) -> tuple[Tensor, Tensor]:
+    """Each latent (M, L) through its own expert's decoder (``expert``: (M,), or its
+    :func:`_groups`), one dense batch per expert → appearance (M, 3, H, W), shape logits
+    (M, H, W) in the latents' dtype."""
     size = experts.decoder.image_size
     appearance = latent.new_empty(len(latent), 3, size, size)
     logit = latent.new_empty(len(latent), size, size)
-    for k, rows in _groups(expert):
+    for k, rows in _groups(expert) if isinstance(expert, Tensor) else expert:
         out, shape_logit = experts.decoder(latent[rows].unsqueeze(1), k)
         appearance = appearance.index_put((rows,), out[:, 0].to(latent.dtype))
         logit = logit.index_put((rows,), shape_logit[:, 0].to(latent.dtype))
@@ -78,9 +80,10 @@ def descend(experts: Experts, config: ModelConfig, image: Tensor, log_region: Te
     target = image.to(latent.dtype).unsqueeze(1)
     log_region, log_scope = (t.to(latent.dtype).unsqueeze(1) for t in (log_region, log_scope))
     optimiser = torch.optim.Adam([latent], lr=lr)
+    groups = _groups(expert)  # once, not at every step
     with torch.enable_grad():
         for _ in range(steps):
-            appearance, logit = decode_rows(experts, latent, expert)
+            appearance, logit = decode_rows(experts, latent, groups)
             loss = refinement_loss(target, log_region, log_scope, latent, appearance.unsqueeze(1),
                                    logit.unsqueeze(1), config, weights).sum()
             (grad,) = torch.autograd.grad(loss, latent)
