@@ -30,7 +30,7 @@ def run_config(model: ModelConfig) -> RunConfig:
     handicap needs the wins of the whole batch); batch 8 = 2 × 4."""
     return RunConfig(
         model=dataclasses.replace(model, competition_temperature=0.5, competition_balance=1.0),
-        train=TrainConfig(batch_size=8, lr=3e-3, n_val=16, seed=3, eval_every=2, patience=1,
+        train=TrainConfig(batch_size=8, lr=3e-4, n_val=16, seed=3, eval_every=2, patience=1,
                           checkpoint_every=1000, image_every=0, device="cpu", precision="fp32"),
     ).validate()
 
@@ -63,13 +63,14 @@ def test_two_gloo_processes_train_the_one_process_model(
     initial = ECON(config.model).state_dict()  # the weights training started from
     assert one.keys() == two.keys()
     moved = 0.0
-    # float32 sums over 8 vs 2 × 4 images differ in the last bits and Adam's normalised steps
-    # carry that into the weights (measured up to 2e-5); a different winner anywhere would
-    # move weights by about one step, lr = 3e-3.
+    # float32 sums over 8 vs 2 × 4 images differ in the last bits, and Adam turns a gradient
+    # entry near its eps (1e-8) into a step that float noise decides (measured up to 1.1e-5;
+    # at lr 3e-3 four steps amplified such an entry past 1e-4 through the U-Net); a different
+    # winner anywhere would move weights by about one step, lr = 3e-4.
     for name in set(one) - norm_fed_biases(config.model):
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-4, msg=name)
         moved = max(moved, (one[name] - initial[name]).abs().max().item())
-    assert moved > 1e-3, "training did not change the weights: the comparison proves nothing"
+    assert moved > 5e-4, "training did not change the weights: the comparison proves nothing"
     assert single.iterations == ITERATIONS
     handicap = load_checkpoint(tmp_path / "single")["handicap"]
     assert any(abs(h) > 1e-3 for h in handicap)

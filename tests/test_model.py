@@ -17,6 +17,7 @@ from econ_scenes.data import Scenes
 from econ_scenes.errors import EconError
 from econ_scenes.model import ECON
 from econ_scenes.model import econ as econ_module
+from econ_scenes.model.layers import StackedInstanceNorm, select_experts
 from econ_scenes.types import Decomposition
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -391,6 +392,56 @@ def test_plain_nchw_activations_give_the_same_inference(model: ECON, images: Ten
                                rtol=1e-9, atol=1e-12)
     with pytest.raises(EconError, match="memory format"):
         model.use_memory_format(torch.preserve_format)
+
+
+def test_selecting_experts_parameters_and_their_gradients() -> None:
+    """select_experts = index_select, forward and backward (G images picking K experts, some
+    twice, one never), in float64; under bf16 autocast the selection comes out in bf16 and the
+    gradient in the parameter's dtype."""
+    torch.manual_seed(0)
+    param = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+    experts = torch.tensor([2, 0, 2, 2, 1, 0])
+    upstream = torch.randn(6, 3, 5, dtype=torch.float64)
+    selected = select_experts(param, experts)
+    (grad,) = torch.autograd.grad((selected * upstream).sum(), param)
+    expected = param.index_select(0, experts)
+    (expected_grad,) = torch.autograd.grad((expected * upstream).sum(), param)
+    assert torch.equal(selected, expected)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=0)
+    assert torch.equal(grad[3], torch.zeros(3, 5, dtype=torch.float64))  # expert 3 unused
+    weight = param.detach().float().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = select_experts(weight, experts)
+    assert low.dtype == torch.bfloat16
+    assert torch.equal(low, weight.detach().to(torch.bfloat16).index_select(0, experts))
+    low.float().sum().backward()
+    assert weight.grad is not None and weight.grad.dtype == torch.float32
+    torch.testing.assert_close(weight.grad[:, 0, 0], torch.tensor([2.0, 1.0, 3.0, 0.0]))
+
+
+@pytest.mark.parametrize("images", [1, 5])
+def test_instance_norm_stays_channels_last(images: int) -> None:
+    """The stacked instance norm returns the layers' memory format and F.instance_norm's values
+    and gradients, for one image (the winners' layout, computed as batch norm) and for several."""
+    torch.manual_seed(0)
+    norm = StackedInstanceNorm(n_experts=3, channels=4).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_()
+    experts = torch.tensor([2, 0])
+    x = torch.randn(images, 8, 6, 6, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    upstream = torch.randn(images, 8, 6, 6, dtype=torch.float64)
+    out = norm(x, experts)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    (grad,) = torch.autograd.grad((out * upstream).sum(), x)
+    expected = F.instance_norm(x, weight=norm.weight[experts].reshape(-1),
+                               bias=norm.bias[experts].reshape(-1), eps=1e-5)
+    (expected_grad,) = torch.autograd.grad((expected * upstream).sum(), x)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-12)
+    norm.memory_format = torch.contiguous_format
+    assert norm(x, experts).is_contiguous()
 
 
 def test_the_default_layout_follows_device_and_precision(model: ECON) -> None:

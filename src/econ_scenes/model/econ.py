@@ -36,7 +36,7 @@ from econ_scenes.config import ModelConfig
 from econ_scenes.errors import EconError
 from econ_scenes.model.competition import choose_winner, competition_score, gumbel_noise
 from econ_scenes.model.experts import Experts, Proposal
-from econ_scenes.model.layers import StackedConv2d
+from econ_scenes.model.layers import StackedConv2d, StackedInstanceNorm
 from econ_scenes.model.objective import LOG_FLOOR, StepLosses, step_losses
 from econ_scenes.model.refine import decode_rows, descend
 from econ_scenes.types import Decomposition
@@ -80,7 +80,7 @@ class ECON(nn.Module):
             raise EconError(f"memory format must be channels_last or contiguous_format, "
                             f"got {memory_format}")
         for module in self.modules():
-            if isinstance(module, StackedConv2d):
+            if isinstance(module, (StackedConv2d, StackedInstanceNorm)):
                 module.memory_format = memory_format
 
     def freeze_experts(self, experts: tuple[int, ...]) -> None:

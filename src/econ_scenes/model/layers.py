@@ -27,6 +27,41 @@ def full_precision(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+class _SelectExperts(torch.autograd.Function):
+    """Stacked parameters (K, ...) → the rows of ``experts`` (G,), in the compute dtype.
+
+    Cast before selecting (under autocast the K rows are cast once, not the G ≥ K selected
+    copies), and the backward sums the G gradients into K rows with a one-hot matmul (a
+    multithreaded GEMM, where index_select's backward is a serial index_add on CPUs; under
+    autocast the sum is accumulated in fp32 and rounded once to bf16, like the convolutions'
+    own weight gradients).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, param: Tensor, experts: Tensor, dtype: torch.dtype
+    ) -> Tensor:
+        ctx.save_for_backward(experts)
+        ctx.n_experts = param.shape[0]
+        return param.to(dtype).index_select(0, experts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        (experts,) = ctx.saved_tensors
+        groups = experts.numel()
+        one_hot = F.one_hot(experts, ctx.n_experts).to(grad.dtype).t()  # (K, G)
+        summed = torch.mm(one_hot, grad.reshape(groups, -1))
+        return summed.reshape(ctx.n_experts, *grad.shape[1:]), None, None
+
+
+def select_experts(param: Tensor, experts: Tensor) -> Tensor:
+    """The parameters of experts ``experts: (G,)`` from a stack (K, ...) → (G, ...), in the
+    autocast dtype when autocast is on for the parameter's device."""
+    device = param.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else param.dtype
+    return _SelectExperts.apply(param, experts, dtype)
+
+
 def _kaiming_uniform_(weight: Tensor, fan_in: int) -> None:
     # PyTorch's default for Conv2d/Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
     bound = 1.0 / math.sqrt(fan_in)
@@ -52,19 +87,24 @@ class StackedConv2d(nn.Module):
         """x: (N, G·c_in, H, W), or (N, c_in, H, W) if shared → (N, G·c_out, H, W)."""
         groups = experts.numel()
         k = self.kernel_size
-        # index_select, not weight[experts]: its backward (index_add) is 4× faster on CPUs
-        # than advanced indexing's (index_put with accumulation) when B images pick K experts.
-        weight = self.weight.index_select(0, experts).reshape(groups * self.c_out, self.c_in, k, k)
-        bias = self.bias.index_select(0, experts).reshape(-1)
+        weight = select_experts(self.weight, experts).reshape(groups * self.c_out, self.c_in, k, k)
+        bias = select_experts(self.bias, experts).reshape(-1)
         x = x.contiguous(memory_format=self.memory_format)
         return F.conv2d(x, weight, bias, padding=k // 2, groups=1 if shared else groups)
 
 
 class StackedInstanceNorm(nn.Module):
-    """K independent affine ``InstanceNorm2d(c)`` layers."""
+    """K independent affine ``InstanceNorm2d(c)`` layers.
+
+    The output keeps the layers' memory format: ``F.instance_norm`` returns NCHW whatever its
+    input, and max-pooling and ReLU on NCHW bf16 maps are several times slower than on
+    channels-last ones (docs/performance.md). With one image (the winners' layout, N = 1)
+    instance norm is batch norm over (H, W), which oneDNN runs channels-last without a copy.
+    """
 
     def __init__(self, n_experts: int, channels: int) -> None:
         super().__init__()
+        self.memory_format = torch.channels_last
         self.weight = nn.Parameter(torch.ones(n_experts, channels))
         self.bias = nn.Parameter(torch.zeros(n_experts, channels))
 
@@ -72,7 +112,11 @@ class StackedInstanceNorm(nn.Module):
         """x: (N, G·C, H, W) → same shape."""
         weight = self.weight.index_select(0, experts).reshape(-1)
         bias = self.bias.index_select(0, experts).reshape(-1)
-        return F.instance_norm(x, weight=weight, bias=bias, eps=1e-5)
+        if x.shape[0] == 1:
+            x = x.contiguous(memory_format=self.memory_format)
+            return F.batch_norm(x, None, None, weight, bias, training=True, eps=1e-5)
+        return F.instance_norm(x, weight=weight, bias=bias, eps=1e-5).contiguous(
+            memory_format=self.memory_format)
 
 
 class StackedLinear(nn.Module):
@@ -87,7 +131,9 @@ class StackedLinear(nn.Module):
 
     def forward(self, x: Tensor, experts: Tensor) -> Tensor:
         """x: (N, G, d_in) → (N, G, d_out)."""
-        weight = self.weight.index_select(0, experts)
+        weight = select_experts(self.weight, experts)
+        # the bias in the parameters' precision, so that under autocast the sum (e.g. the
+        # latents' statistics) is float32
         return torch.einsum("ngi,goi->ngo", x, weight) + self.bias.index_select(0, experts)
 
 
