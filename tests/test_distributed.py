@@ -64,9 +64,10 @@ def test_two_gloo_processes_train_the_one_process_model(
     assert one.keys() == two.keys()
     moved = 0.0
     # float32 sums over 8 vs 2 × 4 images differ in the last bits, and Adam turns a gradient
-    # entry near its eps (1e-8) into a step that float noise decides (measured up to 1.1e-5;
-    # at lr 3e-3 four steps amplified such an entry past 1e-4 through the U-Net); a different
-    # winner anywhere would move weights by about one step, lr = 3e-4.
+    # entry of the size of its eps (1e-8) into a step that float noise decides and that scales
+    # with lr (measured up to 1.1e-5 here; at lr 3e-3 four steps amplified one such entry past
+    # 1e-4 through the U-Net). A different winner anywhere would move weights by about one
+    # step, lr = 3e-4: three times the tolerance.
     for name in set(one) - norm_fed_biases(config.model):
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-4, msg=name)
         moved = max(moved, (one[name] - initial[name]).abs().max().item())

@@ -417,6 +417,12 @@ def test_selecting_experts_parameters_and_their_gradients() -> None:
     low.float().sum().backward()
     assert weight.grad is not None and weight.grad.dtype == torch.float32
     torch.testing.assert_close(weight.grad[:, 0, 0], torch.tensor([2.0, 1.0, 3.0, 0.0]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast leaves float64 alone
+        assert select_experts(param, experts).dtype == torch.float64
+    none = select_experts(param, experts[:0])
+    assert none.shape == (0, 3, 5)
+    (grad,) = torch.autograd.grad(none.sum(), param)
+    assert torch.equal(grad, torch.zeros_like(param))
 
 
 @pytest.mark.parametrize("images", [1, 5])
@@ -434,12 +440,14 @@ def test_instance_norm_stays_channels_last(images: int) -> None:
     upstream = torch.randn(images, 8, 6, 6, dtype=torch.float64)
     out = norm(x, experts)
     assert out.is_contiguous(memory_format=torch.channels_last)
-    (grad,) = torch.autograd.grad((out * upstream).sum(), x)
+    grads = torch.autograd.grad((out * upstream).sum(), (x, norm.weight, norm.bias))
     expected = F.instance_norm(x, weight=norm.weight[experts].reshape(-1),
                                bias=norm.bias[experts].reshape(-1), eps=1e-5)
-    (expected_grad,) = torch.autograd.grad((expected * upstream).sum(), x)
+    expected_grads = torch.autograd.grad((expected * upstream).sum(),
+                                         (x, norm.weight, norm.bias))
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-12)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-12)
     norm.memory_format = torch.contiguous_format
     assert norm(x, experts).is_contiguous()
 

@@ -15,6 +15,7 @@ layer of the competition layout) and is convolved once with the G weight sets co
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,33 +33,37 @@ class _SelectExperts(torch.autograd.Function):
 
     Cast before selecting (under autocast the K rows are cast once, not the G ≥ K selected
     copies), and the backward sums the G gradients into K rows with a one-hot matmul (a
-    multithreaded GEMM, where index_select's backward is a serial index_add on CPUs; under
-    autocast the sum is accumulated in fp32 and rounded once to bf16, like the convolutions'
-    own weight gradients).
+    multithreaded GEMM, where index_select's backward is an index_add that runs as a serial
+    ``scatter_add_`` on CPUs; under autocast the sum is accumulated in fp32 and rounded once to
+    bf16, like the convolutions' own weight gradients).
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, param: Tensor, experts: Tensor, dtype: torch.dtype
+        ctx: Any, param: Tensor, experts: Tensor, dtype: torch.dtype
     ) -> Tensor:
         ctx.save_for_backward(experts)
         ctx.n_experts = param.shape[0]
         return param.to(dtype).index_select(0, experts)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         (experts,) = ctx.saved_tensors
         groups = experts.numel()
-        one_hot = F.one_hot(experts, ctx.n_experts).to(grad.dtype).t()  # (K, G)
-        summed = torch.mm(one_hot, grad.reshape(groups, -1))
+        one_hot = F.one_hot(experts.long(), ctx.n_experts).to(grad.dtype).t()  # (K, G)
+        summed = torch.mm(one_hot, grad.reshape(groups, math.prod(grad.shape[1:])))
         return summed.reshape(ctx.n_experts, *grad.shape[1:]), None, None
 
 
 def select_experts(param: Tensor, experts: Tensor) -> Tensor:
-    """The parameters of experts ``experts: (G,)`` from a stack (K, ...) → (G, ...), in the
-    autocast dtype when autocast is on for the parameter's device."""
+    """The parameters of experts ``experts: (G,)`` from a stack (K, ...) → (G, ...), cast as
+    autocast would cast them (to its dtype when it is on for the parameter's device; float64
+    stays float64)."""
     device = param.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else param.dtype
+    dtype = param.dtype
+    if (dtype != torch.float64 and torch.amp.is_autocast_available(device)
+            and torch.is_autocast_enabled(device)):
+        dtype = torch.get_autocast_dtype(device)
     return _SelectExperts.apply(param, experts, dtype)
 
 
@@ -99,7 +104,8 @@ class StackedInstanceNorm(nn.Module):
     The output keeps the layers' memory format: ``F.instance_norm`` returns NCHW whatever its
     input, and max-pooling and ReLU on NCHW bf16 maps are several times slower than on
     channels-last ones (docs/performance.md). With one image (the winners' layout, N = 1)
-    instance norm is batch norm over (H, W), which oneDNN runs channels-last without a copy.
+    instance norm is batch norm over (H, W), which PyTorch's CPU kernel runs channels-last
+    without a copy.
     """
 
     def __init__(self, n_experts: int, channels: int) -> None:
@@ -109,7 +115,7 @@ class StackedInstanceNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_experts, channels))
 
     def forward(self, x: Tensor, experts: Tensor) -> Tensor:
-        """x: (N, G·C, H, W) → same shape."""
+        """x: (N, G·C, H, W) → same shape, in ``self.memory_format``."""
         weight = self.weight.index_select(0, experts).reshape(-1)
         bias = self.bias.index_select(0, experts).reshape(-1)
         if x.shape[0] == 1:
