@@ -43,7 +43,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from econ_scenes.config import PRESETS, RunConfig, override, preset
 from econ_scenes.data import SceneSpec, generate
 from econ_scenes.model import ECON
-from econ_scenes.model.econ import default_grouped
 from econ_scenes.scene import SceneModel
 from econ_scenes.train.loop import autocast, resolve_device, resolve_precision
 
@@ -159,12 +158,10 @@ PLAIN_REFERENCE = "plain reference loop (NCHW)"
 PyTorch's default NCHW layout."""
 
 
-def paths(device: torch.device, precision: str) -> dict[str, TimedPath]:
-    """The fast path in the default layout for this device and precision (``ECON.grouped`` =
-    None: grouped on GPUs and in bf16 on CPUs, else the loop over experts), the fast path in the
-    other layout, the reference loop (channels-last) and the plain reference loop (NCHW)."""
-    with autocast(device, precision):
-        default = default_grouped(device)
+def paths() -> dict[str, TimedPath]:
+    """The fast path in the default layout (``ECON.grouped``), the fast path in the other layout,
+    the reference loop (channels-last) and the plain reference loop (NCHW)."""
+    default = ECON.grouped
     name = {True: "experts grouped", False: "experts looped"}
     return {
         f"fast path (default: {name[default]})": TimedPath(False, default),
@@ -176,7 +173,7 @@ def paths(device: torch.device, precision: str) -> dict[str, TimedPath]:
 
 def time_path(config: RunConfig, images: torch.Tensor, path: str, args: argparse.Namespace,
               device: torch.device) -> Timing:
-    timed = paths(device, args.precision)[path]
+    timed = paths()[path]
     reference = timed.reference
     precision = args.reference_precision if reference else args.precision
     torch.manual_seed(args.seed)
@@ -296,7 +293,7 @@ def report(config: RunConfig, args: argparse.Namespace, device: torch.device,
            timings: list[Timing], flops: Flops, throughputs: list[Throughput],
            peaks: dict[str, float]) -> str:
     m = config.model
-    kinds = paths(device, args.precision)
+    kinds = paths()
     plain = next(t for t in timings if t.path == PLAIN_REFERENCE)
     tuned = next(t for t in timings if kinds[t.path].reference and not kinds[t.path].plain)
     peak_columns = " | ".join(f"% of {name} peak" for name in peaks)
@@ -382,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     config = build_config(args)
     images = make_images(config, args.batch, args.seed, device)
     timings = [time_path(config, images, path, args, device)
-               for path in paths(device, args.precision)]
+               for path in paths()]
     flops = count_flops(config, images, args, device)
     throughputs = time_inference(config, images, args, device)
     peaks = {"fp32": measure_matmul_peak(device)}

@@ -1,8 +1,9 @@
 """The model and training on a GPU: skipped where CUDA is not available (CI has none).
 
-The GPU takes the grouped layout of the experts (one computation for all K), the CPU the loop
-over experts; both must give the same decomposition, loss and gradients, and a run trained on
-the GPU must resume and load on the CPU.
+The GPU model takes the grouped layout of the experts (one computation for all K, the default)
+and the CPU model here the loop over experts, so that the comparison covers both layouts and both
+devices; they must give the same decomposition, loss and gradients, and a run trained on the GPU
+must resume and load on the CPU.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def model_pair(tiny_model_config: ModelConfig) -> tuple[ECON, ECON]:
     cpu = ECON(tiny_model_config).double()
     gpu = ECON(tiny_model_config).double().to(CUDA)
     gpu.load_state_dict(cpu.state_dict())
+    cpu.grouped = False
     return cpu, gpu
 
 

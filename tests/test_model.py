@@ -425,6 +425,27 @@ def test_selecting_experts_parameters_and_their_gradients() -> None:
     assert torch.equal(grad, torch.zeros_like(param))
 
 
+@pytest.mark.parametrize("gradient_layout", [torch.channels_last, torch.contiguous_format])
+def test_selecting_convolution_weights_channels_last(gradient_layout: torch.memory_format) -> None:
+    """Convolution weights (K, C_out, C_in, kh, kw) selected channels-last: index_select's
+    values in channels-last memory, and its gradients whatever the upstream gradient's layout."""
+    torch.manual_seed(0)
+    param = torch.randn(3, 4, 5, 3, 2, dtype=torch.float64, requires_grad=True)
+    experts = torch.tensor([2, 0, 2, 2])
+    selected = select_experts(param, experts, channels_last=True)
+    expected = param.index_select(0, experts)
+    assert torch.equal(selected, expected)
+    flat = selected.reshape(16, 5, 3, 2)
+    assert flat.is_contiguous(memory_format=torch.channels_last)
+    assert flat.data_ptr() == selected.data_ptr()  # a view: no copy
+    upstream = torch.randn(16, 5, 3, 2, dtype=torch.float64).contiguous(
+        memory_format=gradient_layout)
+    (grad,) = torch.autograd.grad(flat, param, upstream)
+    (expected_grad,) = torch.autograd.grad(expected.reshape(16, 5, 3, 2), param, upstream)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=0)
+    assert torch.equal(grad[1], torch.zeros(4, 5, 3, 2, dtype=torch.float64))  # expert 1 unused
+
+
 @pytest.mark.parametrize("images", [1, 5])
 def test_instance_norm_stays_channels_last(images: int) -> None:
     """The stacked instance norm returns the layers' memory format and F.instance_norm's values
@@ -452,18 +473,35 @@ def test_instance_norm_stays_channels_last(images: int) -> None:
     assert norm(x, experts).is_contiguous()
 
 
-def test_the_default_layout_follows_device_and_precision(model: ECON) -> None:
-    """Grouped where it is faster (GPUs, bf16 on CPUs), the loop over experts for fp32 CPUs;
-    an explicit choice wins."""
-    cpu = torch.device("cpu")
-    assert model.grouped is None
-    assert not model._grouped(cpu)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert model._grouped(cpu)
-    assert model._grouped(torch.device("cuda"))
+@pytest.mark.parametrize("size", [32, 16])
+def test_instance_norm_without_gradients(size: int) -> None:
+    """Without gradients (the competition) the norm of several images gives instance norm's
+    values in channels-last, on maps large enough for its group-norm kernel and on smaller ones."""
+    torch.manual_seed(0)
+    norm = StackedInstanceNorm(n_experts=3, channels=4).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_()
+    experts = torch.tensor([2, 0])
+    x = (3 + 2 * torch.randn(5, 8, size, size, dtype=torch.float64)).contiguous(
+        memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert norm._group_norm_is_faster(x, norm.weight) == (size * size >= 1024)
+        out = norm(x, experts)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    expected = F.instance_norm(x, weight=norm.weight[experts].reshape(-1).detach(),
+                               bias=norm.bias[experts].reshape(-1).detach(), eps=1e-5)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    assert not norm._group_norm_is_faster(x, norm.weight)  # gradients on: instance norm
+
+
+def test_the_default_layout_is_grouped_and_an_instance_can_loop(model: ECON) -> None:
+    """Grouped by default on every device and precision; setting it on one model changes only
+    that model."""
+    assert model.grouped and ECON.grouped
     model.grouped = False
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not model._grouped(cpu)
+    assert not model.grouped and ECON.grouped
+    assert ECON(model.config).grouped
 
 
 def test_a_handicap_moves_the_winners_but_not_the_scores(model: ECON, images: Tensor) -> None:

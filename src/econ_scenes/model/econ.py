@@ -42,12 +42,6 @@ from econ_scenes.model.refine import decode_rows, descend
 from econ_scenes.types import Decomposition
 
 
-def default_grouped(device: torch.device) -> bool:
-    """The experts' default layout here and now: grouped on GPUs and under CPU autocast (bf16),
-    the loop over experts for fp32 on CPUs."""
-    return device.type != "cpu" or torch.is_autocast_enabled("cpu")
-
-
 @dataclass(frozen=True)
 class Inference:
     """Result of :meth:`ECON.infer`.
@@ -64,14 +58,16 @@ class Inference:
 class ECON(nn.Module):
     """Ensemble of Competing Object Networks."""
 
+    grouped: bool = True
+    """Layout of the experts' computations: one grouped computation (the default, the faster one
+    on every device and precision measured, docs/performance.md) or a loop over experts (False;
+    set on an instance)."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         config.validate()
         self.config = config
         self.experts = Experts(config)
-        # Layout of the experts' computations: one grouped computation (True), a loop over
-        # experts (False), or None: grouped on GPUs and under bf16 autocast on CPUs, else the loop.
-        self.grouped: bool | None = None
 
     def use_memory_format(self, memory_format: torch.memory_format) -> None:
         """Lay the experts' activations out channels-last (the default) or as plain NCHW
@@ -311,15 +307,12 @@ class ECON(nn.Module):
                                   appearance=put(candidates.appearance, appearance),
                                   shape_logit=put(candidates.shape_logit, logit))
 
-    def _grouped(self, device: torch.device) -> bool:
-        return default_grouped(device) if self.grouped is None else self.grouped
-
     def _propose(self, images: Tensor, log_scope: Tensor, noise: Tensor | None,
                  given: Tensor | None) -> Proposal:
         """Every expert's proposal for every image → (B, K, ...)."""
         k = self.config.n_experts
         everyone = torch.arange(k, device=images.device)
-        if self._grouped(images.device):
+        if self.grouped:
             return self.experts(images, log_scope, everyone, shared=True, noise=noise,
                                 log_region=given)
         return Proposal.cat([
@@ -335,7 +328,7 @@ class ECON(nn.Module):
         """Recompute each image (B, ...) with its winner's parameters, with grad → (B, 1, ...)."""
         batch, _, height, width = images.shape
         rows = torch.arange(batch, device=images.device)
-        if self._grouped(images.device):
+        if self.grouped:
             return self.experts(
                 images.reshape(1, batch * 3, height, width),
                 log_scope.reshape(1, batch, height, width),

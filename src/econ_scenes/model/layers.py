@@ -36,35 +36,49 @@ class _SelectExperts(torch.autograd.Function):
     multithreaded GEMM, where index_select's backward is an index_add that runs as a serial
     ``scatter_add_`` on CPUs; under autocast the sum is accumulated in fp32 and rounded once to
     bf16, like the convolutions' own weight gradients).
+
+    With ``channels_last`` (convolution weights (K, C_out, C_in, kh, kw)) the selection is
+    written in channels-last order, (C_in) innermost: oneDNN would otherwise copy the G weight
+    sets to that layout in the forward and again in the backward, and copy their gradient back.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, param: Tensor, experts: Tensor, dtype: torch.dtype
+        ctx: Any, param: Tensor, experts: Tensor, dtype: torch.dtype, channels_last: bool
     ) -> Tensor:
         ctx.save_for_backward(experts)
         ctx.n_experts = param.shape[0]
-        return param.to(dtype).index_select(0, experts)
+        ctx.channels_last = channels_last
+        source = param.to(dtype)
+        if channels_last:
+            return source.permute(0, 1, 3, 4, 2).index_select(0, experts).permute(0, 1, 4, 2, 3)
+        return source.index_select(0, experts)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+    def backward(  # type: ignore[override]
+        ctx: Any, grad: Tensor
+    ) -> tuple[Tensor, None, None, None]:
         (experts,) = ctx.saved_tensors
         groups = experts.numel()
+        if ctx.channels_last:
+            grad = grad.permute(0, 1, 3, 4, 2)  # a view where the gradient is channels-last
         one_hot = F.one_hot(experts.long(), ctx.n_experts).to(grad.dtype).t()  # (K, G)
         summed = torch.mm(one_hot, grad.reshape(groups, math.prod(grad.shape[1:])))
-        return summed.reshape(ctx.n_experts, *grad.shape[1:]), None, None
+        summed = summed.reshape(ctx.n_experts, *grad.shape[1:])
+        return (summed.permute(0, 1, 4, 2, 3) if ctx.channels_last else summed), None, None, None
 
 
-def select_experts(param: Tensor, experts: Tensor) -> Tensor:
+def select_experts(param: Tensor, experts: Tensor, channels_last: bool = False) -> Tensor:
     """The parameters of experts ``experts: (G,)`` from a stack (K, ...) → (G, ...), cast as
     autocast would cast them (to its dtype when it is on for the parameter's device; float64
-    stays float64)."""
+    stays float64). ``channels_last``: convolution weights (K, C_out, C_in, kh, kw), selected
+    into channels-last memory."""
     device = param.device.type
     dtype = param.dtype
     if (dtype != torch.float64 and torch.amp.is_autocast_available(device)
             and torch.is_autocast_enabled(device)):
         dtype = torch.get_autocast_dtype(device)
-    return _SelectExperts.apply(param, experts, dtype)
+    return _SelectExperts.apply(param, experts, dtype, channels_last)
 
 
 def _kaiming_uniform_(weight: Tensor, fan_in: int) -> None:
@@ -92,7 +106,8 @@ class StackedConv2d(nn.Module):
         """x: (N, G·c_in, H, W), or (N, c_in, H, W) if shared → (N, G·c_out, H, W)."""
         groups = experts.numel()
         k = self.kernel_size
-        weight = select_experts(self.weight, experts).reshape(groups * self.c_out, self.c_in, k, k)
+        weight = select_experts(self.weight, experts, self.memory_format == torch.channels_last)
+        weight = weight.reshape(groups * self.c_out, self.c_in, k, k)
         bias = select_experts(self.bias, experts).reshape(-1)
         x = x.contiguous(memory_format=self.memory_format)
         return F.conv2d(x, weight, bias, padding=k // 2, groups=1 if shared else groups)
@@ -101,12 +116,20 @@ class StackedConv2d(nn.Module):
 class StackedInstanceNorm(nn.Module):
     """K independent affine ``InstanceNorm2d(c)`` layers.
 
-    The output keeps the layers' memory format: ``F.instance_norm`` returns NCHW whatever its
-    input, and max-pooling and ReLU on NCHW bf16 maps are several times slower than on
-    channels-last ones (docs/performance.md). With one image (the winners' layout, N = 1)
-    instance norm is batch norm over (H, W), which PyTorch's CPU kernel runs channels-last
-    without a copy.
+    The output keeps the layers' memory format, and the kernel is chosen for it (timings in
+    docs/performance.md): ``F.instance_norm`` copies a channels-last input to NCHW and returns
+    NCHW, so
+
+    * with one image (the winners' layout, N = 1) it is batch norm over (H, W), which PyTorch's
+      CPU kernel runs channels-last without a copy;
+    * without gradients (the competition, decompositions) on CPU maps of at least
+      :attr:`GROUP_NORM_MIN_PIXELS` pixels it is group norm with one channel per group, whose CPU
+      kernel runs channels-last in one pass (4-5× faster; on smaller maps and in its backward it
+      is several times slower than instance norm);
+    * otherwise ``F.instance_norm``, its output put back in the layers' layout.
     """
+
+    GROUP_NORM_MIN_PIXELS = 1024
 
     def __init__(self, n_experts: int, channels: int) -> None:
         super().__init__()
@@ -121,8 +144,16 @@ class StackedInstanceNorm(nn.Module):
         if x.shape[0] == 1:
             x = x.contiguous(memory_format=self.memory_format)
             return F.batch_norm(x, None, None, weight, bias, training=True, eps=1e-5)
+        if self._group_norm_is_faster(x, weight):
+            x = x.contiguous(memory_format=self.memory_format)
+            return F.group_norm(x, x.shape[1], weight, bias, eps=1e-5)
         return F.instance_norm(x, weight=weight, bias=bias, eps=1e-5).contiguous(
             memory_format=self.memory_format)
+
+    def _group_norm_is_faster(self, x: Tensor, weight: Tensor) -> bool:
+        return (x.device.type == "cpu" and self.memory_format == torch.channels_last
+                and x.shape[2] * x.shape[3] >= self.GROUP_NORM_MIN_PIXELS
+                and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
 
 
 class StackedLinear(nn.Module):
