@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,9 +16,9 @@ from torch import Tensor
 from econ_scenes.config import ModelConfig, RunConfig, TrainConfig
 from econ_scenes.data import Scenes
 from econ_scenes.errors import EconError
-from econ_scenes.model import ECON
+from econ_scenes.model import ECON, layers
 from econ_scenes.model import econ as econ_module
-from econ_scenes.model.layers import StackedInstanceNorm, select_experts
+from econ_scenes.model.layers import StackedConv2d, StackedInstanceNorm, select_experts
 from econ_scenes.types import Decomposition
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -446,16 +447,22 @@ def test_selecting_convolution_weights_channels_last(gradient_layout: torch.memo
     assert torch.equal(grad[1], torch.zeros(4, 5, 3, 2, dtype=torch.float64))  # expert 1 unused
 
 
-@pytest.mark.parametrize("images", [1, 5])
-def test_instance_norm_stays_channels_last(images: int) -> None:
-    """The stacked instance norm returns the layers' memory format and F.instance_norm's values
-    and gradients, for one image (the winners' layout, computed as batch norm) and for several."""
+def _random_norm() -> tuple[StackedInstanceNorm, Tensor]:
+    """A float64 stacked norm of 3 experts × 4 channels with random affine parameters, and
+    the experts (2, 0) of two groups."""
     torch.manual_seed(0)
     norm = StackedInstanceNorm(n_experts=3, channels=4).double()
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)
         norm.bias.normal_()
-    experts = torch.tensor([2, 0])
+    return norm, torch.tensor([2, 0])
+
+
+@pytest.mark.parametrize("images", [1, 5])
+def test_instance_norm_stays_channels_last(images: int) -> None:
+    """The stacked instance norm returns the layers' memory format and F.instance_norm's values
+    and gradients, for one image (the winners' layout, computed as batch norm) and for several."""
+    norm, experts = _random_norm()
     x = torch.randn(images, 8, 6, 6, dtype=torch.float64).contiguous(
         memory_format=torch.channels_last).requires_grad_()
     upstream = torch.randn(images, 8, 6, 6, dtype=torch.float64)
@@ -474,25 +481,59 @@ def test_instance_norm_stays_channels_last(images: int) -> None:
 
 
 @pytest.mark.parametrize("size", [32, 16])
-def test_instance_norm_without_gradients(size: int) -> None:
+def test_instance_norm_without_gradients(size: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without gradients (the competition) the norm of several images gives instance norm's
-    values in channels-last, on maps large enough for its group-norm kernel and on smaller ones."""
-    torch.manual_seed(0)
-    norm = StackedInstanceNorm(n_experts=3, channels=4).double()
-    with torch.no_grad():
-        norm.weight.uniform_(0.5, 1.5)
-        norm.bias.normal_()
-    experts = torch.tensor([2, 0])
+    values in channels-last, through the group-norm kernel on maps of at least
+    GROUP_NORM_MIN_PIXELS pixels and through instance norm on smaller ones; whenever a gradient
+    is needed (of the input, the scale or the shift) it is instance norm."""
+    norm, experts = _random_norm()
     x = (3 + 2 * torch.randn(5, 8, size, size, dtype=torch.float64)).contiguous(
         memory_format=torch.channels_last)
-    with torch.no_grad():
-        assert norm._group_norm_is_faster(x, norm.weight) == (size * size >= 1024)
-        out = norm(x, experts)
-    assert out.is_contiguous(memory_format=torch.channels_last)
+    calls = []
+    group_norm = F.group_norm
+
+    def spy(*args: Any, **kwargs: Any) -> Tensor:
+        calls.append(args[0].shape)
+        return group_norm(*args, **kwargs)
+
+    monkeypatch.setattr(layers.F, "group_norm", spy)
     expected = F.instance_norm(x, weight=norm.weight[experts].reshape(-1).detach(),
                                bias=norm.bias[experts].reshape(-1).detach(), eps=1e-5)
-    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
-    assert not norm._group_norm_is_faster(x, norm.weight)  # gradients on: instance norm
+    large = size * size >= StackedInstanceNorm.GROUP_NORM_MIN_PIXELS
+    for no_grad in (torch.no_grad, torch.inference_mode):
+        with no_grad():
+            out = norm(x, experts)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    assert len(calls) == (2 if large else 0)
+    calls.clear()
+    norm(x, experts).sum().backward()  # the parameters need gradients
+    norm.requires_grad_(False)
+    norm(x.clone().requires_grad_(), experts)  # the input needs one
+    norm.bias.requires_grad_(True)
+    norm(x, experts)  # only the shift needs one
+    assert not calls
+
+
+def test_convolution_weights_are_selected_channels_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stacked convolution hands oneDNN channels-last weights when its activations are
+    channels-last (no weight copies), contiguous ones in the plain NCHW layout."""
+    conv = StackedConv2d(n_experts=3, c_in=4, c_out=5)
+    layouts = []
+    conv2d = F.conv2d
+
+    def spy(x: Tensor, weight: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        layouts.append((weight.is_contiguous(memory_format=torch.channels_last),
+                        weight.is_contiguous()))
+        return conv2d(x, weight, *args, **kwargs)
+
+    monkeypatch.setattr(layers.F, "conv2d", spy)
+    x = torch.randn(2, 8, 6, 6)
+    out = conv(x, torch.tensor([2, 0]))
+    conv.memory_format = torch.contiguous_format
+    plain = conv(x, torch.tensor([2, 0]))
+    assert layouts == [(True, False), (False, True)]
+    torch.testing.assert_close(out, plain)
 
 
 def test_the_default_layout_is_grouped_and_an_instance_can_loop(model: ECON) -> None:

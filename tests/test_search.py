@@ -173,7 +173,7 @@ def test_both_layouts_search_alike(tiny_model_config: ModelConfig, tiny_scenes: 
     model.model.to(dtype)
     images = _images(tiny_scenes, 8).to(dtype)
     results = []
-    for grouped in (False, True):  # a loop over experts (fp32 CPUs), one grouped computation
+    for grouped in (False, True):  # a loop over experts, one grouped computation
         model.model.grouped = grouped
         with torch.no_grad():
             results.append(model.model.infer(images, stochastic=False).decomposition)

@@ -19,9 +19,10 @@ and discards the graph of the mean proposals).
 Both the competition and the winners' recomputation run the experts in one of two layouts: one
 grouped computation (stacked parameters, grouped convolutions; the winners as B groups, one
 per image), or a loop over experts with dense convolutions (the winners as one sub-batch per
-expert). GPUs and bf16 autocast on CPUs use the grouped layout; fp32 on CPUs the loop, where
-oneDNN's dense fp32 convolutions beat its grouped ones (docs/performance.md has the
-measurements). Both give the same proposals.
+expert). The grouped layout is the default (``ECON.grouped``) on every device and precision:
+it was the faster one on every machine measured since the twentieth session (an H200, bf16 on an
+AMX CPU, fp32 on an AVX-512 CPU; docs/performance.md has the measurements); the loop is an
+option. Both give the same proposals.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ class ECON(nn.Module):
 
     grouped: bool = True
     """Layout of the experts' computations: one grouped computation (the default, the faster one
-    on every device and precision measured, docs/performance.md) or a loop over experts (False;
-    set on an instance)."""
+    on every machine measured since the twentieth session, docs/performance.md) or a loop over
+    experts (False; set on an instance)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

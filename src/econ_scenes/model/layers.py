@@ -124,8 +124,9 @@ class StackedInstanceNorm(nn.Module):
       CPU kernel runs channels-last without a copy;
     * without gradients (the competition, decompositions) on CPU maps of at least
       :attr:`GROUP_NORM_MIN_PIXELS` pixels it is group norm with one channel per group, whose CPU
-      kernel runs channels-last in one pass (4-5× faster; on smaller maps and in its backward it
-      is several times slower than instance norm);
+      kernel runs channels-last in one pass (4-6× faster; on smaller maps and in its backward it
+      is several times slower than instance norm, and in torch 2.13 its backward crashes on a
+      channels-last input when only the scale and shift need gradients);
     * otherwise ``F.instance_norm``, its output put back in the layers' layout.
     """
 
@@ -144,16 +145,17 @@ class StackedInstanceNorm(nn.Module):
         if x.shape[0] == 1:
             x = x.contiguous(memory_format=self.memory_format)
             return F.batch_norm(x, None, None, weight, bias, training=True, eps=1e-5)
-        if self._group_norm_is_faster(x, weight):
+        if self._group_norm_is_faster(x, weight, bias):
             x = x.contiguous(memory_format=self.memory_format)
             return F.group_norm(x, x.shape[1], weight, bias, eps=1e-5)
         return F.instance_norm(x, weight=weight, bias=bias, eps=1e-5).contiguous(
             memory_format=self.memory_format)
 
-    def _group_norm_is_faster(self, x: Tensor, weight: Tensor) -> bool:
+    def _group_norm_is_faster(self, x: Tensor, weight: Tensor, bias: Tensor) -> bool:
+        needs_grad = torch.is_grad_enabled() and any(
+            t.requires_grad for t in (x, weight, bias))
         return (x.device.type == "cpu" and self.memory_format == torch.channels_last
-                and x.shape[2] * x.shape[3] >= self.GROUP_NORM_MIN_PIXELS
-                and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
+                and x.shape[2] * x.shape[3] >= self.GROUP_NORM_MIN_PIXELS and not needs_grad)
 
 
 class StackedLinear(nn.Module):
