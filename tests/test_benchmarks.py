@@ -276,3 +276,17 @@ def test_inference_lambda_applies_other_competition_settings(tmp_path: Path) -> 
     for wrong in ("model.beta=2", "model.competition_lambda=2"):  # λ is --lam's
         with pytest.raises(SystemExit):
             sweep.main([*args, "--set", wrong])
+
+
+def test_norm_kernels_compares_instance_and_group_norm(tmp_path: Path) -> None:
+    """Every map and dtype gets a row, and the two kernels agree (to bf16's rounding)."""
+    norm_kernels = load_script("norm_kernels")
+    out = tmp_path / "norms.md"
+    with one_thread():
+        norm_kernels.main(["--threads", "1", "--repeats", "1", "--batch", "2", "--out", str(out)])
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines()
+            if line.startswith("| (")]
+    assert len(rows) == 2 * len(norm_kernels.SHAPES) + 2
+    for row in rows:
+        dtype, difference = row[1].strip(), float(row[-1])
+        assert difference < (0.1 if dtype == "bfloat16" else 1e-4), row
