@@ -28,6 +28,12 @@ def full_precision(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+_C_IN_LAST = (0, 1, 3, 4, 2)
+"""(K, C_out, C_in, kh, kw) → (K, C_out, kh, kw, C_in): the channels-last order of stacked
+convolution weights; ``_C_IN_BACK`` is its inverse."""
+_C_IN_BACK = (0, 1, 4, 2, 3)
+
+
 class _SelectExperts(torch.autograd.Function):
     """Stacked parameters (K, ...) → the rows of ``experts`` (G,), in the compute dtype.
 
@@ -51,7 +57,7 @@ class _SelectExperts(torch.autograd.Function):
         ctx.channels_last = channels_last
         source = param.to(dtype)
         if channels_last:
-            return source.permute(0, 1, 3, 4, 2).index_select(0, experts).permute(0, 1, 4, 2, 3)
+            return source.permute(_C_IN_LAST).index_select(0, experts).permute(_C_IN_BACK)
         return source.index_select(0, experts)
 
     @staticmethod
@@ -61,11 +67,11 @@ class _SelectExperts(torch.autograd.Function):
         (experts,) = ctx.saved_tensors
         groups = experts.numel()
         if ctx.channels_last:
-            grad = grad.permute(0, 1, 3, 4, 2)  # a view where the gradient is channels-last
+            grad = grad.permute(_C_IN_LAST)  # a view where the gradient is channels-last
         one_hot = F.one_hot(experts.long(), ctx.n_experts).to(grad.dtype).t()  # (K, G)
         summed = torch.mm(one_hot, grad.reshape(groups, math.prod(grad.shape[1:])))
         summed = summed.reshape(ctx.n_experts, *grad.shape[1:])
-        return (summed.permute(0, 1, 4, 2, 3) if ctx.channels_last else summed), None, None, None
+        return (summed.permute(_C_IN_BACK) if ctx.channels_last else summed), None, None, None
 
 
 def select_experts(param: Tensor, experts: Tensor, channels_last: bool = False) -> Tensor:
@@ -142,11 +148,10 @@ class StackedInstanceNorm(nn.Module):
         """x: (N, G·C, H, W) → same shape, in ``self.memory_format``."""
         weight = self.weight.index_select(0, experts).reshape(-1)
         bias = self.bias.index_select(0, experts).reshape(-1)
+        x = x.contiguous(memory_format=self.memory_format)  # a no-op after the layers' convolutions
         if x.shape[0] == 1:
-            x = x.contiguous(memory_format=self.memory_format)
             return F.batch_norm(x, None, None, weight, bias, training=True, eps=1e-5)
         if self._group_norm_is_faster(x, weight, bias):
-            x = x.contiguous(memory_format=self.memory_format)
             return F.group_norm(x, x.shape[1], weight, bias, eps=1e-5)
         return F.instance_norm(x, weight=weight, bias=bias, eps=1e-5).contiguous(
             memory_format=self.memory_format)
