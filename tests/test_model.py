@@ -18,7 +18,12 @@ from econ_scenes.data import Scenes
 from econ_scenes.errors import EconError
 from econ_scenes.model import ECON, layers
 from econ_scenes.model import econ as econ_module
-from econ_scenes.model.layers import StackedConv2d, StackedInstanceNorm, select_experts
+from econ_scenes.model.layers import (
+    StackedConv2d,
+    StackedInstanceNorm,
+    _BandedWeightGradConv2d,
+    select_experts,
+)
 from econ_scenes.types import Decomposition
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -447,6 +452,72 @@ def test_selecting_convolution_weights_channels_last(gradient_layout: torch.memo
     assert torch.equal(grad[1], torch.zeros(4, 5, 3, 2, dtype=torch.float64))  # expert 1 unused
 
 
+@pytest.mark.parametrize(("height", "width", "kernel", "rows"),
+                         [(64, 64, 3, 16), (50, 37, 3, 7), (64, 64, 1, 16), (9, 9, 3, 20)])
+def test_banded_weight_gradient_is_the_convolutions(height: int, width: int, kernel: int,
+                                                    rows: int) -> None:
+    """The banded convolution's output and gradients (input, weight, bias) are F.conv2d's, for
+    bands that divide the image, bands that do not (zero rows padded), 1×1 kernels and a band
+    taller than the image."""
+    torch.manual_seed(0)
+    groups, c_in, c_out = 3, 4, 5
+    x = torch.randn(1, groups * c_in, height, width, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    weight = (0.3 * torch.randn(groups * c_out, c_in, kernel, kernel, dtype=torch.float64)
+              ).requires_grad_()
+    bias = torch.randn(groups * c_out, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(1, groups * c_out, height, width, dtype=torch.float64)
+    expected = F.conv2d(x, weight, bias, padding=kernel // 2, groups=groups)
+    banded = _BandedWeightGradConv2d.apply(x, weight, bias, groups, rows)
+    torch.testing.assert_close(banded, expected, rtol=1e-12, atol=1e-12)
+    for got, want in zip(torch.autograd.grad(banded, (x, weight, bias), upstream),
+                         torch.autograd.grad(expected, (x, weight, bias), upstream), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-11)
+
+
+def test_winners_convolutions_band_their_weight_gradient_in_bf16(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stacked convolution bands its weight gradient exactly when one bf16 image larger than
+    BAND_PIXELS needs it on a CPU (the winners' layout under autocast), and its gradients are
+    then those of the plain grouped convolution."""
+    torch.manual_seed(0)
+    conv = StackedConv2d(n_experts=3, c_in=4, c_out=8)
+    experts = torch.tensor([2, 0, 2, 1])
+    calls: list[int] = []
+    apply = _BandedWeightGradConv2d.apply
+
+    def spy(*args: object) -> Tensor:
+        calls.append(int(args[-1]))  # type: ignore[call-overload]
+        return apply(*args)
+
+    monkeypatch.setattr(_BandedWeightGradConv2d, "apply", spy)
+
+    def gradients(x: Tensor) -> tuple[Tensor, ...]:
+        conv.zero_grad()
+        x = x.detach().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = conv(x, experts)
+        out.float().square().sum().backward()
+        assert conv.weight.grad is not None and conv.bias.grad is not None and x.grad is not None
+        return conv.weight.grad.clone(), conv.bias.grad.clone(), x.grad.clone()
+
+    x = torch.randn(1, 16, 40, 48)
+    banded = gradients(x)
+    assert calls == [StackedConv2d.BAND_PIXELS // 48]
+    monkeypatch.setattr(conv, "BAND_PIXELS", 40 * 48)
+    plain = gradients(x)
+    assert len(calls) == 1
+    for got, want in zip(banded, plain, strict=True):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+    monkeypatch.setattr(conv, "BAND_PIXELS", StackedConv2d.BAND_PIXELS)
+    gradients(torch.randn(2, 16, 40, 48))  # a batch of images: oneDNN is fast there
+    gradients(torch.randn(1, 16, 32, 32))  # not above BAND_PIXELS
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        conv(x, experts)
+    conv(x, experts).sum().backward()  # float32
+    assert len(calls) == 1
+
+
 def _random_norm() -> tuple[StackedInstanceNorm, Tensor]:
     """A float64 stacked norm of 3 experts × 4 channels with random affine parameters, and
     the experts (2, 0) of two groups."""
@@ -536,13 +607,43 @@ def test_convolution_weights_are_selected_channels_last(monkeypatch: pytest.Monk
     torch.testing.assert_close(out, plain)
 
 
-def test_the_default_layout_is_grouped_and_an_instance_can_loop(model: ECON) -> None:
-    """Grouped by default on every device and precision; setting it on one model changes only
-    that model."""
-    assert model.grouped and ECON.grouped
+def test_the_default_layout_depends_on_device_and_size_and_an_instance_can_choose(
+        model: ECON, monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default grouped on GPUs and for CPU images up to GROUPED_MAX_PIXELS, looped for larger
+    CPU images, and the layout actually taken follows; setting it on one model changes only that
+    model."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert ECON.grouped is None and model.grouped is None
+    assert ECON.grouped_by_default(cpu, 32, 32) and ECON.grouped_by_default(cuda, 64, 64)
+    assert not ECON.grouped_by_default(cpu, 64, 64) and not ECON.grouped_by_default(cpu, 33, 32)
+    small = torch.zeros(2, 3, 32, 32)
+    large = torch.zeros(2, 3, 64, 64)
+    assert model.layout_is_grouped(small) and not model.layout_is_grouped(large)
     model.grouped = False
-    assert not model.grouped and ECON.grouped
-    assert ECON(model.config).grouped
+    assert not model.layout_is_grouped(small) and ECON.grouped is None
+    assert ECON(model.config).layout_is_grouped(small)
+    model.grouped = True
+    assert model.layout_is_grouped(large)
+    config = dataclasses.replace(model.config, image_size=64)
+    wide = ECON(config)
+    monkeypatch.setattr(ECON, "GROUPED_MAX_PIXELS", 64 * 64)
+    assert wide.layout_is_grouped(large)
+    shared: list[bool] = []
+    forward = wide.experts.forward
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        shared.append(kwargs["shared"])
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(wide.experts, "forward", spy)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        wide.infer(images, stochastic=False, n_steps=1)  # grouped: one call, all experts
+    assert len(shared) == 1
+    monkeypatch.setattr(ECON, "GROUPED_MAX_PIXELS", 1024)
+    with torch.no_grad():
+        wide.infer(images, stochastic=False, n_steps=1)  # looped: one call per expert
+    assert len(shared) == 1 + config.n_experts
 
 
 def test_a_handicap_moves_the_winners_but_not_the_scores(model: ECON, images: Tensor) -> None:

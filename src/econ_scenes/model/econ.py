@@ -19,10 +19,11 @@ and discards the graph of the mean proposals).
 Both the competition and the winners' recomputation run the experts in one of two layouts: one
 grouped computation (stacked parameters, grouped convolutions; the winners as B groups, one
 per image), or a loop over experts with dense convolutions (the winners as one sub-batch per
-expert). The grouped layout is the default (``ECON.grouped``) on every device and precision:
-it was the faster one on every machine measured since the twentieth session (an H200, bf16 on an
-AMX CPU, fp32 on an AVX-512 CPU; docs/performance.md has the measurements); the loop is an
-option. Both give the same proposals.
+expert). Both give the same proposals. By default (``ECON.grouped = None``) the layout is the one
+measured faster (docs/performance.md): grouped on GPUs and for CPU images up to
+``GROUPED_MAX_PIXELS`` pixels (32×32: an H200, bf16 on an AMX CPU, fp32 on an AVX-512 CPU), the
+loop for larger CPU images (64×64 on an AMX CPU, where grouped bf16 maps of 2²⁴ elements and
+grouped convolutions of 32 images run well below their small-map speed).
 """
 
 from __future__ import annotations
@@ -59,10 +60,25 @@ class Inference:
 class ECON(nn.Module):
     """Ensemble of Competing Object Networks."""
 
-    grouped: bool = True
-    """Layout of the experts' computations: one grouped computation (the default, the faster one
-    on every machine measured since the twentieth session, docs/performance.md) or a loop over
-    experts (False; set on an instance)."""
+    grouped: bool | None = None
+    """Layout of the experts' computations: True for one grouped computation, False for a loop
+    over experts, None (the default) for the faster one by device and image size
+    (:meth:`grouped_by_default`). Set on an instance to choose."""
+
+    GROUPED_MAX_PIXELS = 1024
+    """Largest CPU image (pixels) that the default layout computes grouped."""
+
+    @classmethod
+    def grouped_by_default(cls, device: torch.device, height: int, width: int) -> bool:
+        """The default layout for images of this size on this device: grouped on GPUs and for
+        CPU images up to :attr:`GROUPED_MAX_PIXELS` pixels, else the loop over experts."""
+        return device.type != "cpu" or height * width <= cls.GROUPED_MAX_PIXELS
+
+    def layout_is_grouped(self, images: Tensor) -> bool:
+        """Whether these images (N, C, H, W) go through the experts as one grouped computation."""
+        if self.grouped is not None:
+            return self.grouped
+        return self.grouped_by_default(images.device, images.shape[-2], images.shape[-1])
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -313,7 +329,7 @@ class ECON(nn.Module):
         """Every expert's proposal for every image → (B, K, ...)."""
         k = self.config.n_experts
         everyone = torch.arange(k, device=images.device)
-        if self.grouped:
+        if self.layout_is_grouped(images):
             return self.experts(images, log_scope, everyone, shared=True, noise=noise,
                                 log_region=given)
         return Proposal.cat([
@@ -329,7 +345,7 @@ class ECON(nn.Module):
         """Recompute each image (B, ...) with its winner's parameters, with grad → (B, 1, ...)."""
         batch, _, height, width = images.shape
         rows = torch.arange(batch, device=images.device)
-        if self.grouped:
+        if self.layout_is_grouped(images):
             return self.experts(
                 images.reshape(1, batch * 3, height, width),
                 log_scope.reshape(1, batch, height, width),

@@ -87,6 +87,57 @@ def select_experts(param: Tensor, experts: Tensor, channels_last: bool = False) 
     return _SelectExperts.apply(param, experts, dtype, channels_last)
 
 
+class _BandedWeightGradConv2d(torch.autograd.Function):
+    """A stride-1 'same' convolution of one image whose weight gradient is computed over
+    horizontal bands of the image stacked as a batch.
+
+    Each band carries the ``kernel // 2`` rows above and below it (zeros beyond the image), so
+    the bands' weight gradients, summed over the batch by the convolution's own backward, are
+    exactly the whole image's. Why: oneDNN's bf16 (AMX) weight-gradient kernel with a batch of
+    one runs 4-10× slower on maps above 1,024 pixels than on the same pixels as a batch of
+    smaller maps (the winners' layout at 64×64; docs/performance.md). The forward and the input
+    gradient are PyTorch's own.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, groups: int, rows: int
+    ) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.groups, ctx.rows = groups, rows
+        return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=groups)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+        x, weight = ctx.saved_tensors
+        pad = weight.shape[-1] // 2
+        groups, rows = ctx.groups, ctx.rows
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], groups,
+                [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            height = x.shape[2]
+            bands = -(-height // rows)
+            extra = bands * rows - height  # zero rows of gradient add nothing
+            # (1, C, H, W) → (bands, C, rows + 2·pad, W), band i = padded rows [i·rows, (i+1)·rows + 2·pad)
+            x_bands = F.pad(x, (0, 0, pad, pad + extra)).unfold(2, rows + 2 * pad, rows)
+            x_bands = x_bands.permute(2, 1, 4, 3, 0).squeeze(-1)  # (bands, C, rows + 2·pad, W)
+            grad_bands = F.pad(grad, (0, 0, 0, extra)).reshape(
+                grad.shape[1], bands, rows, grad.shape[3]).transpose(0, 1)
+            grad_w = torch.ops.aten.convolution_backward(
+                grad_bands.contiguous(memory_format=torch.channels_last),
+                x_bands.contiguous(memory_format=torch.channels_last), weight, None, [1, 1],
+                [0, pad], [1, 1], False, [0, 0], groups, [False, True, False])[1]
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=(0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None
+
+
 def _kaiming_uniform_(weight: Tensor, fan_in: int) -> None:
     # PyTorch's default for Conv2d/Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
     bound = 1.0 / math.sqrt(fan_in)
@@ -116,7 +167,26 @@ class StackedConv2d(nn.Module):
         weight = weight.reshape(groups * self.c_out, self.c_in, k, k)
         bias = select_experts(self.bias, experts).reshape(-1)
         x = x.contiguous(memory_format=self.memory_format)
-        return F.conv2d(x, weight, bias, padding=k // 2, groups=1 if shared else groups)
+        groups = 1 if shared else groups
+        rows = self._band_rows(x, weight)
+        if rows:
+            return _BandedWeightGradConv2d.apply(x.to(weight.dtype), weight, bias, groups, rows)
+        return F.conv2d(x, weight, bias, padding=k // 2, groups=groups)
+
+    BAND_PIXELS = 1024
+    """Largest band (pixels) of :class:`_BandedWeightGradConv2d`: oneDNN's bf16 weight gradient
+    of one image is fast up to this size and several times slower above it."""
+
+    def _band_rows(self, x: Tensor, weight: Tensor) -> int:
+        """Rows per band when this convolution's weight gradient should be banded, else 0: one
+        bf16 image on a CPU, channels-last, larger than :attr:`BAND_PIXELS`, weights that need a
+        gradient."""
+        _, _, height, width = x.shape
+        if (x.shape[0] != 1 or x.device.type != "cpu" or weight.dtype != torch.bfloat16
+                or self.memory_format != torch.channels_last or height * width <= self.BAND_PIXELS
+                or not (torch.is_grad_enabled() and weight.requires_grad)):
+            return 0
+        return max(1, self.BAND_PIXELS // width)
 
 
 class StackedInstanceNorm(nn.Module):
