@@ -24,6 +24,7 @@ from econ_scenes.model.layers import (
     _BandedWeightGradConv2d,
     select_experts,
 )
+from econ_scenes.model.vae import Encoder
 from econ_scenes.types import Decomposition
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -516,6 +517,33 @@ def test_winners_convolutions_band_their_weight_gradient_in_bf16(
         conv(x, experts)
     conv(x, experts).sum().backward()  # float32
     assert len(calls) == 1
+
+
+def test_encoder_pooling_before_its_relu_is_relu_then_pooling() -> None:
+    """The encoder pools before its ReLU; the outputs and gradients are those of the paper's
+    order (conv → ReLU → max-pool), the two operations commuting."""
+    torch.manual_seed(0)
+    encoder = Encoder(n_experts=3, image_size=16, layers=2, features=5, latent_dim=2).double()
+    experts = torch.tensor([2, 0])
+    inputs = torch.randn(4, 8, 16, 16, dtype=torch.float64)
+
+    def paper_order() -> Tensor:
+        h = inputs
+        for conv in encoder.convs:
+            h = F.max_pool2d(F.relu(conv(h, experts)), 2)
+        flat = h.reshape(4, 2, -1)
+        return encoder.fc2(F.relu(encoder.fc1(flat, experts)), experts)
+
+    mean, log_var = encoder(inputs, experts)
+    expected_mean, expected_log_var = paper_order().chunk(2, dim=-1)
+    torch.testing.assert_close(mean, expected_mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(log_var, expected_log_var.clamp(-10.0, 10.0), rtol=1e-12,
+                               atol=1e-12)
+    params = list(encoder.parameters())
+    got = torch.autograd.grad(mean.square().sum() + log_var.sum(), params)
+    want = torch.autograd.grad(expected_mean.square().sum() + expected_log_var.sum(), params)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
 def _random_norm() -> tuple[StackedInstanceNorm, Tensor]:

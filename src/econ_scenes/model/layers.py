@@ -68,7 +68,9 @@ class _SelectExperts(torch.autograd.Function):
         groups = experts.numel()
         if ctx.channels_last:
             grad = grad.permute(_C_IN_LAST)  # a view where the gradient is channels-last
-        one_hot = F.one_hot(experts.long(), ctx.n_experts).to(grad.dtype).t()  # (K, G)
+        # (K, G); a comparison, where F.one_hot would check the indices' range with a host sync
+        one_hot = (torch.arange(ctx.n_experts, device=experts.device).unsqueeze(1)
+                   == experts.unsqueeze(0)).to(grad.dtype)
         summed = torch.mm(one_hot, grad.reshape(groups, math.prod(grad.shape[1:])))
         summed = summed.reshape(ctx.n_experts, *grad.shape[1:])
         return (summed.permute(_C_IN_BACK) if ctx.channels_last else summed), None, None, None

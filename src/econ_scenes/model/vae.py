@@ -36,7 +36,8 @@ class Encoder(nn.Module):
         """inputs: (N, G·4, H, W) image and region → posterior mean, log-variance (N, G, L)."""
         h = inputs
         for conv in self.convs:
-            h = F.max_pool2d(F.relu(conv(h, experts), inplace=True), 2)
+            # max-pool and ReLU commute: pooling first leaves ReLU a quarter of the pixels
+            h = F.relu(F.max_pool2d(conv(h, experts), 2), inplace=True)
         flat = h.reshape(h.shape[0], experts.numel(), -1)
         stats = full_precision(self.fc2(F.relu(self.fc1(flat, experts)), experts))
         mean, log_var = stats.chunk(2, dim=-1)
