@@ -453,26 +453,30 @@ def test_selecting_convolution_weights_channels_last(gradient_layout: torch.memo
     assert torch.equal(grad[1], torch.zeros(4, 5, 3, 2, dtype=torch.float64))  # expert 1 unused
 
 
-@pytest.mark.parametrize(("height", "width", "kernel", "rows"),
-                         [(64, 64, 3, 16), (50, 37, 3, 7), (64, 64, 1, 16), (9, 9, 3, 20)])
-def test_banded_weight_gradient_is_the_convolutions(height: int, width: int, kernel: int,
-                                                    rows: int) -> None:
+@pytest.mark.parametrize(("height", "width", "kernel", "rows", "groups", "input_grad"),
+                         [(64, 64, 3, 16, 3, True), (50, 37, 3, 7, 3, True),
+                          (64, 64, 1, 16, 3, True), (9, 9, 3, 20, 3, True),
+                          (45, 40, 3, 11, 1, False), (32, 48, 3, 8, 3, False)])
+def test_banded_weight_gradient_is_the_convolutions(
+        height: int, width: int, kernel: int, rows: int, groups: int, input_grad: bool) -> None:
     """The banded convolution's output and gradients (input, weight, bias) are F.conv2d's, for
-    bands that divide the image, bands that do not (zero rows padded), 1×1 kernels and a band
-    taller than the image."""
+    bands that divide the image, bands that do not (zero rows padded), 1×1 kernels, a band
+    taller than the image, one group or several, an input with or without a gradient (the
+    image at the first layer) and an upstream gradient that is not channels-last."""
     torch.manual_seed(0)
-    groups, c_in, c_out = 3, 4, 5
+    c_in, c_out = 4, 5
     x = torch.randn(1, groups * c_in, height, width, dtype=torch.float64).contiguous(
-        memory_format=torch.channels_last).requires_grad_()
+        memory_format=torch.channels_last).requires_grad_(input_grad)
     weight = (0.3 * torch.randn(groups * c_out, c_in, kernel, kernel, dtype=torch.float64)
               ).requires_grad_()
     bias = torch.randn(groups * c_out, dtype=torch.float64, requires_grad=True)
-    upstream = torch.randn(1, groups * c_out, height, width, dtype=torch.float64)
+    upstream = torch.randn(1, groups * c_out, width, height, dtype=torch.float64).transpose(2, 3)
     expected = F.conv2d(x, weight, bias, padding=kernel // 2, groups=groups)
     banded = _BandedWeightGradConv2d.apply(x, weight, bias, groups, rows)
     torch.testing.assert_close(banded, expected, rtol=1e-12, atol=1e-12)
-    for got, want in zip(torch.autograd.grad(banded, (x, weight, bias), upstream),
-                         torch.autograd.grad(expected, (x, weight, bias), upstream), strict=True):
+    inputs = (x, weight, bias) if input_grad else (weight, bias)
+    for got, want in zip(torch.autograd.grad(banded, inputs, upstream),
+                         torch.autograd.grad(expected, inputs, upstream), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-11)
 
 
@@ -508,7 +512,7 @@ def test_winners_convolutions_band_their_weight_gradient_in_bf16(
     monkeypatch.setattr(conv, "BAND_PIXELS", 40 * 48)
     plain = gradients(x)
     assert len(calls) == 1
-    for got, want in zip(banded, plain, strict=True):
+    for got, want in zip(banded, plain, strict=True):  # bf16 sums in another order
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
     monkeypatch.setattr(conv, "BAND_PIXELS", StackedConv2d.BAND_PIXELS)
     gradients(torch.randn(2, 16, 40, 48))  # a batch of images: oneDNN is fast there
