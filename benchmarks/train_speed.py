@@ -158,16 +158,12 @@ PLAIN_REFERENCE = "plain reference loop (NCHW)"
 PyTorch's default NCHW layout."""
 
 
-def default_layout(config: RunConfig, device: torch.device) -> bool:
-    """Whether ECON's default layout is grouped for this configuration's images on ``device``."""
-    size = config.model.image_size
-    return ECON.grouped_by_default(device, size, size)
-
-
-def paths(default: bool) -> dict[str, TimedPath]:
-    """The fast path in the default layout (``default``: grouped, else looped; see
-    ``ECON.grouped_by_default``), the fast path in the other layout, the reference loop
+def paths(config: RunConfig, device: torch.device) -> dict[str, TimedPath]:
+    """The fast path in ECON's default layout for this configuration's images on ``device``
+    (``ECON.grouped_by_default``), the fast path in the other layout, the reference loop
     (channels-last) and the plain reference loop (NCHW)."""
+    size = config.model.image_size
+    default = ECON.grouped_by_default(device, size, size)
     name = {True: "experts grouped", False: "experts looped"}
     return {
         f"fast path (default: {name[default]})": TimedPath(False, default),
@@ -179,7 +175,7 @@ def paths(default: bool) -> dict[str, TimedPath]:
 
 def time_path(config: RunConfig, images: torch.Tensor, path: str, args: argparse.Namespace,
               device: torch.device) -> Timing:
-    timed = paths(default_layout(config, device))[path]
+    timed = paths(config, device)[path]
     reference = timed.reference
     precision = args.reference_precision if reference else args.precision
     torch.manual_seed(args.seed)
@@ -299,7 +295,7 @@ def report(config: RunConfig, args: argparse.Namespace, device: torch.device,
            timings: list[Timing], flops: Flops, throughputs: list[Throughput],
            peaks: dict[str, float]) -> str:
     m = config.model
-    kinds = paths(default_layout(config, device))
+    kinds = paths(config, device)
     plain = next(t for t in timings if t.path == PLAIN_REFERENCE)
     tuned = next(t for t in timings if kinds[t.path].reference and not kinds[t.path].plain)
     peak_columns = " | ".join(f"% of {name} peak" for name in peaks)
@@ -385,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     config = build_config(args)
     images = make_images(config, args.batch, args.seed, device)
     timings = [time_path(config, images, path, args, device)
-               for path in paths(default_layout(config, device))]
+               for path in paths(config, device)]
     flops = count_flops(config, images, args, device)
     throughputs = time_inference(config, images, args, device)
     peaks = {"fp32": measure_matmul_peak(device)}

@@ -149,6 +149,10 @@ def _kaiming_uniform_(weight: Tensor, fan_in: int) -> None:
 class StackedConv2d(nn.Module):
     """K independent ``Conv2d(c_in, c_out, kernel_size)`` layers with 'same' padding."""
 
+    BAND_PIXELS = 1024
+    """Largest band (pixels) of :class:`_BandedWeightGradConv2d`: oneDNN's bf16 weight gradient
+    of one image is fast up to this size and several times slower above it."""
+
     def __init__(self, n_experts: int, c_in: int, c_out: int, kernel_size: int = 3) -> None:
         super().__init__()
         self.c_in, self.c_out, self.kernel_size = c_in, c_out, kernel_size
@@ -174,10 +178,6 @@ class StackedConv2d(nn.Module):
         if rows:
             return _BandedWeightGradConv2d.apply(x.to(weight.dtype), weight, bias, groups, rows)
         return F.conv2d(x, weight, bias, padding=k // 2, groups=groups)
-
-    BAND_PIXELS = 1024
-    """Largest band (pixels) of :class:`_BandedWeightGradConv2d`: oneDNN's bf16 weight gradient
-    of one image is fast up to this size and several times slower above it."""
 
     def _band_rows(self, x: Tensor, weight: Tensor) -> int:
         """Rows per band when this convolution's weight gradient should be banded, else 0: one
